@@ -1,0 +1,1 @@
+//! Requests and responses (owned by the agent-server work; see mod.rs).

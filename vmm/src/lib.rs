@@ -1,0 +1,15 @@
+//! spore's virtual machine monitor: one KVM microVM and its devices.
+//!
+//! Owns KVM handles, guest memory, kernel loading, the vCPU loop and the device
+//! model (serial, i8042, exit port, virtio-mmio: vsock, block, rng). Knows nothing
+//! of containers.
+
+pub mod arch;
+pub mod builder;
+pub mod bus;
+pub mod config;
+pub mod devices;
+pub mod host;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
