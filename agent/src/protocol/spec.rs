@@ -81,3 +81,65 @@ pub struct Rlimit {
     pub soft: u64,
     pub hard: u64,
 }
+
+/// A further process started in a running container (`exec`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// Where a container is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// Set up and waiting for `start`.
+    Created,
+    Running,
+    /// Its init process has ended; see [`ExitInfo`].
+    Exited,
+}
+
+/// Why a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// It called exit; `code` is its status.
+    Exited,
+    /// A signal killed it; `code` is 128 + the signal.
+    Signaled,
+    /// The kernel's OOM killer killed it because of the container's memory.max.
+    Oom,
+}
+
+/// How a process ended, docker style: `code` is the exit status or 128 + signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub code: i32,
+    pub reason: ExitReason,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// Unix time in milliseconds.
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+}
+
+/// A container as `state`/`list` report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub status: ContainerStatus,
+    /// Host-visible pid of the container's init (0 before start).
+    pub pid: u32,
+    pub exit: Option<ExitInfo>,
+}
