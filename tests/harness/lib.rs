@@ -1,1 +1,24 @@
-//! Test harness (in progress).
+//! spore's integration-test harness: starts the real binaries and guests the tests
+//! drive, and always kills and cleans up what it started (on drop, also when a test
+//! panics).
+//!
+//! - [`qemu`]: the real guest image (vmlinux + initramfs) under QEMU's software
+//!   emulation (TCG) with a vhost-user vsock backend — tier 4 of the test plan.
+//! - [`vsock`]: the host side of a vsock connection through a unix socket
+//!   (`CONNECT <port>` handshake).
+//! - [`skip`]: [`skip_unless!`] for prerequisites, which fails instead of skipping
+//!   in CI for what `resources/install-deps.sh` provides.
+//! - [`host`]: what kind of KVM this host has, and its TSC frequency.
+//! - [`paths`]: where built artifacts and tools live.
+//! - [`process`] and [`tempdir`]: child processes killed on drop, temp dirs removed
+//!   on drop.
+//!
+//! It does not build anything: `resources/*.sh` and `guest-kernel/build.sh` do.
+
+pub mod host;
+pub mod paths;
+pub mod process;
+pub mod qemu;
+pub mod skip;
+pub mod tempdir;
+pub mod vsock;
