@@ -330,7 +330,9 @@ impl MmioTransport {
     }
 }
 
-fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+fn lock(
+    device: &Arc<Mutex<dyn VirtioDevice>>,
+) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
     device.lock().expect("virtio device poisoned")
 }
 

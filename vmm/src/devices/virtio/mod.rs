@@ -5,6 +5,7 @@
 //! puts each `VirtioMmioDevice` on the MMIO bus, registers its queue eventfds as
 //! ioeventfds, its irq eventfd as an irqfd, and runs the event loop.
 
+pub mod block;
 pub mod device;
 pub mod mmio;
 pub mod rng;
@@ -12,23 +13,49 @@ pub mod rng;
 #[cfg(test)]
 mod test_utils;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+pub use block::Block;
 pub use device::{DriverOk, IrqTrigger, VirtioDevice};
 pub use mmio::MmioTransport;
 pub use rng::Rng;
 
 use crate::layout;
 
-/// Errors from creating a virtio device.
+/// Errors from creating or controlling a virtio device.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("block device")]
+    Block(#[from] block::BlockError),
+    #[error("{0} device does not support this operation")]
+    WrongDevice(&'static str),
+}
+
+/// The device behind a transport, for the VMM to act on it directly (clone time).
+#[derive(Clone)]
+pub enum DeviceControl {
+    Block(Arc<Mutex<Block>>),
+    Rng(Arc<Mutex<Rng>>),
+}
+
+impl DeviceControl {
+    /// Swaps a block device's backing file and raises a config-change interrupt.
+    pub fn set_backing(&self, path: &Path, read_only: bool) -> Result<(), VirtioError> {
+        match self {
+            Self::Block(b) => Ok(b
+                .lock()
+                .expect("block device poisoned")
+                .set_backing(path, read_only)?),
+            Self::Rng(_) => Err(VirtioError::WrongDevice("rng")),
+        }
+    }
 }
 
 /// A device ready to be wired into a VM (see the module doc for who does what).
@@ -45,38 +72,36 @@ pub struct VirtioMmioDevice {
     pub irq: EventFd,
     /// When the guest driver wrote DRIVER_OK.
     pub driver_ok: DriverOk,
+    /// The device itself, for operations the VMM starts (`set_backing`, ...).
+    pub control: DeviceControl,
 }
 
-/// Wires a device to a fresh transport, eventfds and interrupt line.
+/// Builds a device with `queues` queue eventfds and wires it to a fresh transport.
 fn assemble<D, F>(
     name: &'static str,
     mem: &GuestMemoryMmap,
+    queues: usize,
     make: F,
+    control: fn(Arc<Mutex<D>>) -> DeviceControl,
 ) -> Result<VirtioMmioDevice, VirtioError>
 where
     D: VirtioDevice + MutEventSubscriber + Send + 'static,
-    F: FnOnce(Arc<IrqTrigger>, Vec<EventFd>) -> D,
-    // The queue count comes from the device; build it first with its eventfds.
+    F: FnOnce(Arc<IrqTrigger>, Vec<EventFd>) -> Result<D, VirtioError>,
 {
-    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-    let irq = Arc::new(IrqTrigger::new(
-        irq_evt.try_clone().map_err(VirtioError::EventFd)?,
-    ));
-    // Every spore device has at most 3 queues; make eventfds for the ones it has.
-    let mut queue_events = Vec::new();
-    let mut device_evts = Vec::new();
-    let mut transport_evts = Vec::new();
-    for _ in 0..3 {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        device_evts.push(evt.try_clone().map_err(VirtioError::EventFd)?);
-        transport_evts.push(evt.try_clone().map_err(VirtioError::EventFd)?);
-        queue_events.push(evt);
-    }
-    let dev = make(irq.clone(), device_evts);
-    let n = dev.queue_max_sizes().len();
-    queue_events.truncate(n);
-    transport_evts.truncate(n);
-    let dev = Arc::new(Mutex::new(dev));
+    let evt = || EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd);
+    let dup = |e: &EventFd| e.try_clone().map_err(VirtioError::EventFd);
+    let irq_evt = evt()?;
+    let irq = Arc::new(IrqTrigger::new(dup(&irq_evt)?));
+    let queue_events = (0..queues).map(|_| evt()).collect::<Result<Vec<_>, _>>()?;
+    let device_evts = queue_events
+        .iter()
+        .map(dup)
+        .collect::<Result<Vec<_>, _>>()?;
+    let transport_evts = queue_events
+        .iter()
+        .map(dup)
+        .collect::<Result<Vec<_>, _>>()?;
+    let dev = Arc::new(Mutex::new(make(irq.clone(), device_evts)?));
     let driver_ok = DriverOk::default();
     let transport = MmioTransport::new(
         dev.clone(),
@@ -88,20 +113,30 @@ where
     Ok(VirtioMmioDevice {
         name,
         transport: Arc::new(Mutex::new(transport)),
-        subscriber: dev,
+        subscriber: dev.clone(),
         queue_events,
         irq: irq_evt,
         driver_ok,
+        control: control(dev),
     })
+}
+
+/// A file-backed virtio-blk disk.
+pub fn block(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    read_only: bool,
+) -> Result<VirtioMmioDevice, VirtioError> {
+    let m = mem.clone();
+    let make = |irq, evts| Ok(Block::new(m, irq, evts, path, read_only)?);
+    assemble("block", mem, 1, make, DeviceControl::Block)
 }
 
 /// The virtio-rng device.
 pub fn rng(mem: &GuestMemoryMmap) -> Result<VirtioMmioDevice, VirtioError> {
-    let mem2 = mem.clone();
-    assemble("rng", mem, move |irq, mut evts| {
-        evts.truncate(1);
-        Rng::new(mem2, irq, evts)
-    })
+    let m = mem.clone();
+    let make = |irq, evts| Ok(Rng::new(m, irq, evts));
+    assemble("rng", mem, 1, make, DeviceControl::Rng)
 }
 
 /// The kernel command-line entry that tells Linux's virtio_mmio driver where a device is.
@@ -140,5 +175,21 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 4);
         d.transport.lock().unwrap().write(0x50, &0u32.to_le_bytes());
         assert_eq!(d.queue_events[0].read().unwrap(), 1);
+        assert!(d.control.set_backing(Path::new("/dev/null"), true).is_err());
+    }
+
+    #[test]
+    fn block_is_assembled_and_controllable() {
+        let mem = test_utils::guest_memory();
+        let img = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        img.as_file().set_len(4096).unwrap();
+        let d = block(&mem, Path::new("/dev/null"), true).unwrap();
+        let mut b = [0u8; 8];
+        d.transport.lock().unwrap().read(0x100, &mut b);
+        assert_eq!(u64::from_le_bytes(b), 0);
+        d.control.set_backing(img.as_path(), true).unwrap();
+        d.transport.lock().unwrap().read(0x100, &mut b);
+        assert_eq!(u64::from_le_bytes(b), 8);
+        assert!(block(&mem, Path::new("/nonexistent/disk.img"), true).is_err());
     }
 }
