@@ -8,6 +8,7 @@
 //!   (`CONNECT <port>` handshake).
 //! - [`skip`]: [`skip_unless!`] for prerequisites, which fails instead of skipping
 //!   in CI for what `resources/install-deps.sh` provides.
+//! - [`image`]: the busybox container rootfs as an erofs disk image.
 //! - [`host`]: what kind of KVM this host has, and its TSC frequency.
 //! - [`paths`]: where built artifacts and tools live.
 //! - [`process`] and [`tempdir`]: child processes killed on drop, temp dirs removed
@@ -16,6 +17,7 @@
 //! It does not build anything: `resources/*.sh` and `guest-kernel/build.sh` do.
 
 pub mod host;
+pub mod image;
 pub mod paths;
 pub mod process;
 pub mod qemu;
