@@ -25,7 +25,9 @@ pub fn write_frame<W: Write>(w: &mut W, payload: &[u8]) -> Result<(), FrameError
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&l| l <= MAX_FRAME)
-        .ok_or(FrameError::TooLarge(payload.len().min(u32::MAX as usize) as u32))?;
+        .ok_or(FrameError::TooLarge(
+            payload.len().min(u32::MAX as usize) as u32
+        ))?;
     let mut buf = Vec::with_capacity(4 + payload.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(payload);
@@ -56,6 +58,16 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Vec<u8>, FrameError> {
     Ok(payload)
 }
 
+/// Reads and drops `len` payload bytes: what a reader does after
+/// [`FrameError::TooLarge`] to stay in step with the peer without buffering.
+pub fn discard<R: Read>(r: &mut R, len: u32) -> Result<(), FrameError> {
+    let copied = io::copy(&mut r.take(u64::from(len)), &mut io::sink())?;
+    if copied < u64::from(len) {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,7 +92,27 @@ mod tests {
             Err(FrameError::TooLarge(n)) if n == MAX_FRAME + 1
         ));
         let big = vec![0u8; MAX_FRAME as usize + 1];
-        assert!(matches!(write_frame(&mut Vec::new(), &big), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            write_frame(&mut Vec::new(), &big),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn discard_skips_an_oversized_payload() {
+        let mut wire = (MAX_FRAME + 2).to_be_bytes().to_vec();
+        wire.extend(std::iter::repeat_n(7u8, MAX_FRAME as usize + 2));
+        write_frame(&mut wire, b"next").unwrap();
+        let mut r = &wire[..];
+        let Err(FrameError::TooLarge(n)) = read_frame(&mut r) else {
+            panic!("oversized frame accepted");
+        };
+        discard(&mut r, n).unwrap();
+        assert_eq!(read_frame(&mut r).unwrap(), b"next");
+        assert!(matches!(
+            discard(&mut &[1u8][..], 2),
+            Err(FrameError::Io(_))
+        ));
     }
 
     #[test]
@@ -89,6 +121,9 @@ mod tests {
         write_frame(&mut wire, b"hello").unwrap();
         wire.truncate(6);
         assert!(matches!(read_frame(&mut &wire[..]), Err(FrameError::Io(_))));
-        assert!(matches!(read_frame(&mut &[0u8, 0][..]), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0][..]),
+            Err(FrameError::Io(_))
+        ));
     }
 }
