@@ -11,13 +11,14 @@
 # Idempotent: the archive is reproducible (fixed owners and times) and is replaced
 # only when its bytes change, so an unchanged agent leaves the file untouched.
 #
-# Usage: resources/build-initramfs.sh [AGENT_BINARY]
-#   AGENT_BINARY defaults to target/guest/spore-agent (see build-agent.sh).
+# Usage: resources/build-initramfs.sh [AGENT_BINARY [OUTPUT]]
+#   AGENT_BINARY defaults to target/guest/spore-agent (see build-agent.sh);
+#   OUTPUT to target/guest/initramfs.cpio. (Tests pack other static inits this way.)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 agent=${1:-$repo/target/guest/spore-agent}
-out="$repo/target/guest/initramfs.cpio"
+out=${2:-$repo/target/guest/initramfs.cpio}
 
 log() { echo "build-initramfs: $*" >&2; }
 

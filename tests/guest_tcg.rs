@@ -6,8 +6,13 @@
 //! `target/guest/initramfs.cpio` (`resources/build-agent.sh`,
 //! `resources/build-initramfs.sh`). Skips without them, fails without them in CI.
 
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use spore_tests::fixtures;
 use spore_tests::qemu::{Qemu, QemuConfig, TcgTools, BOOT_TIMEOUT};
 use spore_tests::skip_unless;
+use spore_tests::tempdir::TempDir;
 
 /// The guest kernel boots to user space: the kernel hands over to /init and the
 /// virtio-mmio vsock device QEMU put on the command line is probed.
@@ -29,4 +34,40 @@ fn guest_kernel_runs_init() {
         "no vsock in the guest:\n{log}"
     );
     assert!(!log.contains("Kernel panic") || log.find("Kernel panic") > log.find("Run /init"));
+}
+
+/// The harness's vsock path on its own: a guest whose /init is a tiny vsock echo
+/// server (not the agent), reached through vhost-device-vsock's unix socket.
+#[test]
+fn vsock_echo_through_the_backend() {
+    let tools = skip_unless!(TcgTools::find());
+    let scratch = TempDir::new("spore-echo").expect("temp dir");
+    let initramfs = fixtures::vsock_echo_initramfs(scratch.path()).expect("echo initramfs");
+    let config = QemuConfig::new(TcgTools { initramfs, ..tools });
+    let mut vm = Qemu::boot(&config).expect("boot");
+    let mut stream = vm.connect(fixtures::ECHO_PORT).expect("vsock connect");
+    let t = vm.started().elapsed();
+    eprintln!("guest_tcg: QEMU start to vsock connected (echo init): {t:.2?}");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for msg in ["ping\n", "a second line\n"] {
+        stream.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    // Once the first connection is closed, a new one to the same port works.
+    drop(stream);
+    let mut again = vm.connect(fixtures::ECHO_PORT).expect("second connect");
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    again.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    again.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"x");
+    assert!(vm
+        .serial_log()
+        .contains("vsock-echo: listening on port 1024"));
 }

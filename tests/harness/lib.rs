@@ -9,13 +9,16 @@
 //! - [`skip`]: [`skip_unless!`] for prerequisites, which fails instead of skipping
 //!   in CI for what `resources/install-deps.sh` provides.
 //! - [`image`]: the busybox container rootfs as an erofs disk image.
+//! - [`fixtures`]: small guest inits for testing the harness itself.
 //! - [`host`]: what kind of KVM this host has, and its TSC frequency.
 //! - [`paths`]: where built artifacts and tools live.
 //! - [`process`] and [`tempdir`]: child processes killed on drop, temp dirs removed
 //!   on drop.
 //!
-//! It does not build anything: `resources/*.sh` and `guest-kernel/build.sh` do.
+//! The guest kernel, agent and initramfs are built by `guest-kernel/build.sh` and
+//! `resources/*.sh`, not here; the harness only packs test fixtures and disk images.
 
+pub mod fixtures;
 pub mod host;
 pub mod image;
 pub mod paths;
