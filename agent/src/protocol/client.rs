@@ -264,6 +264,7 @@ pub struct RunOutput {
 }
 
 /// An attach connection: a process's stdio.
+#[derive(Debug)]
 pub struct Attach {
     stream: UnixStream,
     tty: bool,
