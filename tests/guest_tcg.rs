@@ -9,6 +9,8 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use spore_agent::protocol::messages::PROTOCOL_VERSION;
+use spore_tests::agent::connect_agent;
 use spore_tests::fixtures;
 use spore_tests::qemu::{Qemu, QemuConfig, TcgTools, BOOT_TIMEOUT};
 use spore_tests::skip_unless;
@@ -70,4 +72,32 @@ fn vsock_echo_through_the_backend() {
     assert!(vm
         .serial_log()
         .contains("vsock-echo: listening on port 1024"));
+}
+
+/// The agent, as the guest's PID 1, answers `hello` over vsock port 1024.
+#[test]
+fn agent_answers_hello() {
+    let tools = skip_unless!(TcgTools::find());
+    let mut config = QemuConfig::new(tools);
+    // Bare words on the kernel command line become init's arguments. The plain
+    // runtime is enough for hello.
+    config.cmdline_extra = vec!["--runtime".into(), "plain".into()];
+    let mut vm = Qemu::boot(&config).expect("boot");
+    let mut client = connect_agent(&mut vm, BOOT_TIMEOUT).expect("agent connection");
+    client.set_timeout(Some(Duration::from_secs(30))).unwrap();
+    let hello = client.hello().expect("hello");
+    let t = vm.started().elapsed();
+    eprintln!(
+        "guest_tcg: QEMU start to agent hello: {t:.2?} (guest uptime {} ms)",
+        hello.uptime_ms
+    );
+    assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
+    assert!(hello.pid1, "the agent should be PID 1 in the guest");
+    assert!(
+        hello.kernel_release.ends_with("-spore"),
+        "guest kernel is {:?}, not spore's",
+        hello.kernel_release
+    );
+    assert!(hello.uptime_ms > 0 && u128::from(hello.uptime_ms) < t.as_millis() + 1000);
+    assert_eq!(hello.sandbox_id, None);
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`qemu`]: the real guest image (vmlinux + initramfs) under QEMU's software
 //!   emulation (TCG) with a vhost-user vsock backend — tier 4 of the test plan.
+//! - [`agent`]: a protocol client connected to the agent in a guest.
 //! - [`vsock`]: the host side of a vsock connection through a unix socket
 //!   (`CONNECT <port>` handshake).
 //! - [`skip`]: [`skip_unless!`] for prerequisites, which fails instead of skipping
@@ -18,6 +19,7 @@
 //! The guest kernel, agent and initramfs are built by `guest-kernel/build.sh` and
 //! `resources/*.sh`, not here; the harness only packs test fixtures and disk images.
 
+pub mod agent;
 pub mod fixtures;
 pub mod host;
 pub mod image;

@@ -277,7 +277,7 @@ impl Qemu {
     }
 
     /// An error carrying `what` plus the tails of the logs, for test output.
-    fn failure(&self, what: &str) -> io::Error {
+    pub fn failure(&self, what: &str) -> io::Error {
         io::Error::other(format!("{what}\n{}", self.log_tails()))
     }
 
