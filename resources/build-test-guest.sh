@@ -2,6 +2,9 @@
 # Builds spore's no_std test guest (resources/test-guest) into
 # target/guest/test-guest.elf. Idempotent: cargo rebuilds only what changed.
 #
+# `--qemu` builds the variant QEMU's `-M microvm` can boot (PVH entry, QEMU's
+# virtio-mmio addresses) into target/guest/test-guest-qemu.elf instead.
+#
 # The guest is its own cargo workspace with its own target directory
 # (target/test-guest), so it never disturbs the main workspace's build.
 set -eu
@@ -9,13 +12,18 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 crate="$root/resources/test-guest"
 out="$root/target/guest/test-guest.elf"
+features=""
+if [ "${1:-}" = "--qemu" ]; then
+    out="$root/target/guest/test-guest-qemu.elf"
+    features="--features=qemu"
+fi
 
 # The guest's flags live in resources/test-guest/.cargo/config.toml; flags from
 # the environment (e.g. an outer cargo's) would replace them.
 unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_TARGET_DIR CARGO_BUILD_TARGET
 
 cd "$crate"
-cargo build --release --quiet --target-dir "$root/target/test-guest"
+cargo build --release --quiet $features --target-dir "$root/target/test-guest"
 built="$root/target/test-guest/x86_64-unknown-linux-gnu/release/spore-test-guest"
 
 # The guest's CPL0 code runs in KVM's instruction emulator on kvm_pvm hosts

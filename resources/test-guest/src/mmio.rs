@@ -8,10 +8,16 @@ use core::ptr::{read_volatile, write_volatile};
 
 use crate::virtq::Virtq;
 
-/// First virtio-mmio window and the window size (vmm/src/layout.rs).
-pub const MMIO_BASE: usize = 0xd000_0000;
-pub const MMIO_STRIDE: usize = 0x1000;
-pub const MMIO_SLOTS: usize = 16;
+/// First virtio-mmio window, the window size and the number of windows
+/// (vmm/src/layout.rs).
+#[cfg(not(feature = "qemu"))]
+const MMIO_WINDOWS: (usize, usize, usize) = (0xd000_0000, 0x1000, 16);
+/// QEMU's microvm puts 24 windows of 512 bytes at 0xfeb0_0000.
+#[cfg(feature = "qemu")]
+const MMIO_WINDOWS: (usize, usize, usize) = (0xfeb0_0000, 0x200, 24);
+const MMIO_BASE: usize = MMIO_WINDOWS.0;
+const MMIO_STRIDE: usize = MMIO_WINDOWS.1;
+const MMIO_SLOTS: usize = MMIO_WINDOWS.2;
 
 /// "virt" in little endian.
 const MAGIC: u32 = 0x7472_6976;

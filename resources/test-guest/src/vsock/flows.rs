@@ -186,14 +186,7 @@ pub fn accept_in(vsock: &mut Vsock, listener: &mut Listener) -> Result<(), &'sta
     }
     line.make_ascii_uppercase();
     send_data(vsock, listener, &mut conn, line)?;
-    // The host closes after reading the echo; wait for that, then answer it.
-    let deadline = io::deadline(DATA_SECS);
-    while let Some(pkt) = recv_for(vsock, listener, &mut conn, deadline)? {
-        match pkt.hdr.op {
-            OP_SHUTDOWN => return vsock.send(&mut conn, OP_RST, 0, &[]),
-            OP_RST => return Ok(()),
-            _ => {}
-        }
-    }
+    // Close from this side: the device delivers the echo before the SHUTDOWN,
+    // and the host closes its end once it has read the line.
     close(vsock, listener, &mut conn)
 }
