@@ -1,0 +1,55 @@
+//! The container's init (PID 1 of its pid namespace), from fork to exec.
+//!
+//! One straight list of steps, crun's `container_init_setup` order: rootfs →
+//! mounts → pivot_root → network → hostname → stdio → user/env/argv → cwd and
+//! credentials → report ready → wait for start → exec. Each step is one call
+//! into the module that owns it.
+
+use std::convert::Infallible;
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::channel::Channel;
+use super::config::{CreateConfig, Reply, Request};
+use super::process;
+use super::rootfs;
+use super::stage2::Stage2Error;
+use super::stdio;
+use crate::sys;
+
+/// Set the container up, wait for `Start`, exec. Returns only on failure.
+pub fn run(
+    chan: &Channel,
+    cfg: CreateConfig,
+    pipes: Vec<OwnedFd>,
+) -> Result<Infallible, Stage2Error> {
+    let root = rootfs::prepare(&cfg.run_dir, &cfg.lower)?; //          1. overlay root
+    rootfs::mount_system(&root)?; //                                    2. /proc /dev /sys
+    rootfs::pivot(&root)?; //                                           3. pivot_root
+    rootfs::restrict_kernel_interfaces()?; //                           4. masked paths
+    sys::loopback_up().map_err(Stage2Error::Loopback)?; //              5. network: lo
+    sys::sethostname(&cfg.hostname).map_err(Stage2Error::Hostname)?; // 6. hostname
+    let master = stdio::attach(cfg.process.tty, pipes)?; //             7. stdio
+    let prepared = process::prepare(&cfg.process)?; //                  8. user, env, argv
+    process::apply_credentials(&prepared)?; //                          9. cwd, creds, caps
+    report_ready(chan, master)?; //                                    10. ready
+    wait_for_start(chan)?; //                                          11. wait for start
+    Err(process::exec(&prepared).into()) //                            12. exec
+}
+
+/// Tell the engine we are set up, handing over the pty master if any; our
+/// own copy is closed right after: only the engine holds it.
+fn report_ready(chan: &Channel, master: Option<OwnedFd>) -> Result<(), Stage2Error> {
+    let fds: Vec<_> = master.iter().map(|m| m.as_fd()).collect();
+    chan.send(&Reply::Ready, &fds)?;
+    Ok(())
+}
+
+/// Block until the engine says start. If the engine closes the socket
+/// instead (the container was deleted before it started), just leave.
+fn wait_for_start(chan: &Channel) -> Result<(), Stage2Error> {
+    match chan.recv::<Request>()? {
+        Some((Request::Start, _)) => Ok(()),
+        None => sys::exit_now(0),
+        Some(_) => Err(Stage2Error::Unexpected),
+    }
+}

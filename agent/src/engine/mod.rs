@@ -1,0 +1,418 @@
+//! The container engine: create, start, exec, signal, reap and delete
+//! containers, each in fresh namespaces with an overlay root and a cgroup.
+//!
+//! Synchronous and single-owner: the agent server holds the [`Engine`] behind
+//! a lock and calls it from its request handlers and from its reaper (PID 1's
+//! `waitpid(-1)` loop, which hands every status to [`Engine::on_child_exit`]).
+//! The engine never waits for container processes itself. Container-side
+//! setup runs in stage 2 ([`stage2_main`]), a re-exec of the agent binary.
+
+mod caps;
+mod cgroup;
+mod channel;
+mod config;
+mod container_init;
+mod exit;
+mod namespaces;
+mod process;
+mod rootfs;
+mod spawn;
+mod stage2;
+mod stdio;
+mod user;
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use self::caps::default_mask as default_capability_mask;
+use self::cgroup::Cgroup;
+pub use self::cgroup::CgroupError;
+use self::channel::Channel;
+use self::config::{CreateConfig, ExecConfig, ProcessConfig, Request};
+pub use self::spawn::SpawnError;
+pub use self::stage2::{stage2_main, STAGE2_ARG};
+use crate::protocol::spec::{ContainerSpec, ContainerState, ContainerStatus, ExecSpec, ExitInfo};
+use crate::sys;
+
+/// How long `delete` waits for a container without a cgroup to die.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid container id {0:?}: use 1-64 characters of [A-Za-z0-9_.-]")]
+    InvalidId(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("no container {0}")]
+    UnknownId(String),
+    #[error("container {0} was already started")]
+    AlreadyStarted(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("cannot create the run directory {0}")]
+    RunDir(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("cannot signal container {0}")]
+    Signal(String, #[source] std::io::Error),
+    #[error("processes of container {0} still alive after {KILL_TIMEOUT:?}")]
+    KillTimeout(String),
+}
+
+/// Where the engine keeps its state.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Per-container directories (overlay upper/work, image mounts) live here.
+    pub run_dir: PathBuf,
+    /// A cgroup v2 directory whose children are the containers' cgroups.
+    pub cgroup_root: PathBuf,
+}
+
+/// A process's stdio as the engine's caller holds it.
+#[derive(Debug)]
+pub struct ContainerIo {
+    pub stdin: Option<OwnedFd>,
+    /// stdout, or the pty master in tty mode.
+    pub stdout: OwnedFd,
+    /// `None` in tty mode: stdout carries both.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A reaped process that belonged to a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildExit {
+    pub container: String,
+    /// `None` for the container's init, `Some(pid)` for an exec'd process.
+    pub exec_pid: Option<u32>,
+    pub exit: ExitInfo,
+}
+
+struct Container {
+    spec: ContainerSpec,
+    pid: u32,
+    status: ContainerStatus,
+    /// Open to the waiting init until `start`.
+    control: Option<Channel>,
+    cgroup: Option<Cgroup>,
+    run_dir: PathBuf,
+    started_at_ms: u64,
+    exit: Option<ExitInfo>,
+    execs: BTreeMap<u32, u64>,
+}
+
+/// All containers of this agent.
+pub struct Engine {
+    cfg: EngineConfig,
+    containers: BTreeMap<String, Container>,
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !id.starts_with('.')
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(|e| EngineError::RunDir(cfg.run_dir.clone(), e))?;
+        Ok(Engine {
+            cfg,
+            containers: BTreeMap::new(),
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<&Container, EngineError> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_owned()))
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut Container, EngineError> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_owned()))
+    }
+
+    /// Set a container up completely; its program waits for [`Engine::start`].
+    pub fn create(&mut self, id: &str, spec: &ContainerSpec) -> Result<ContainerIo, EngineError> {
+        if !valid_id(id) {
+            return Err(EngineError::InvalidId(id.to_owned()));
+        }
+        if self.containers.contains_key(id) {
+            return Err(EngineError::Exists(id.to_owned()));
+        }
+        let cgroup = Cgroup::create(&self.cfg.cgroup_root, id, &spec.limits)?;
+        let run_dir = self.cfg.run_dir.join(id);
+        let spawned = std::fs::create_dir(&run_dir)
+            .map_err(|e| EngineError::RunDir(run_dir.clone(), e))
+            .and_then(|()| {
+                let request = Request::Create(CreateConfig {
+                    run_dir: run_dir.clone(),
+                    lower: spec.rootfs.lower.clone(),
+                    hostname: spec.hostname.clone().unwrap_or_else(|| id.to_owned()),
+                    process: process_config(spec, None),
+                });
+                Ok(spawn::spawn(
+                    &request,
+                    spec.tty,
+                    spec.stdin,
+                    cgroup.as_ref(),
+                )?)
+            });
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                // Whatever stage 2 got to dies with its cgroup or namespace.
+                let _ = cgroup.map(Cgroup::kill_and_remove);
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
+        let container = Container {
+            spec: spec.clone(),
+            pid: spawned.pid,
+            status: ContainerStatus::Created,
+            control: Some(spawned.chan),
+            cgroup,
+            run_dir,
+            started_at_ms: 0,
+            exit: None,
+            execs: BTreeMap::new(),
+        };
+        self.containers.insert(id.to_owned(), container);
+        Ok(spawned.io)
+    }
+
+    /// Let a created container exec its program; returns once it has.
+    pub fn start(&mut self, id: &str) -> Result<(), EngineError> {
+        let c = self.get_mut(id)?;
+        let chan = c
+            .control
+            .take()
+            .ok_or_else(|| EngineError::AlreadyStarted(id.to_owned()))?;
+        c.started_at_ms = exit::now_ms();
+        chan.send(&Request::Start, &[]).map_err(SpawnError::from)?;
+        // A failed exec ends the init, which the reaper reports; until then
+        // the container counts as running.
+        c.status = ContainerStatus::Running;
+        spawn::await_exec(&chan)?;
+        Ok(())
+    }
+
+    /// Start a further process in a running container.
+    pub fn exec(&mut self, id: &str, spec: &ExecSpec) -> Result<(u32, ContainerIo), EngineError> {
+        let c = self.get(id)?;
+        if c.status != ContainerStatus::Running {
+            return Err(EngineError::NotRunning(id.to_owned()));
+        }
+        let request = Request::Exec(ExecConfig {
+            target_pid: c.pid,
+            process: process_config(&c.spec, Some(spec)),
+        });
+        let spawned = spawn::spawn(&request, spec.tty, spec.stdin, c.cgroup.as_ref())?;
+        self.get_mut(id)?.execs.insert(spawned.pid, exit::now_ms());
+        spawn::await_exec(&spawned.chan)?;
+        Ok((spawned.pid, spawned.io))
+    }
+
+    /// Send `sig` to the container's init.
+    pub fn signal(&mut self, id: &str, sig: i32) -> Result<(), EngineError> {
+        let c = self.get(id)?;
+        if c.status == ContainerStatus::Exited {
+            return Err(EngineError::NotRunning(id.to_owned()));
+        }
+        sys::kill(c.pid, sig).map_err(|e| EngineError::Signal(id.to_owned(), e))
+    }
+
+    pub fn state(&self, id: &str) -> Result<ContainerState, EngineError> {
+        Ok(state_of(id, self.get(id)?))
+    }
+
+    pub fn list(&self) -> Vec<ContainerState> {
+        self.containers
+            .iter()
+            .map(|(id, c)| state_of(id, c))
+            .collect()
+    }
+
+    /// Record a reaped process. `None` when `pid` is none of ours.
+    pub fn on_child_exit(&mut self, pid: u32, wait_status: i32) -> Option<ChildExit> {
+        let now = exit::now_ms();
+        for (id, c) in &mut self.containers {
+            let oom = c.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+            if c.pid == pid && c.status != ContainerStatus::Exited {
+                let info = exit::exit_info(wait_status, oom, c.started_at_ms, now);
+                c.status = ContainerStatus::Exited;
+                c.control = None;
+                c.exit = Some(info.clone());
+                return Some(ChildExit {
+                    container: id.clone(),
+                    exec_pid: None,
+                    exit: info,
+                });
+            }
+            if let Some(started) = c.execs.remove(&pid) {
+                let info = exit::exit_info(wait_status, oom, started, now);
+                return Some(ChildExit {
+                    container: id.clone(),
+                    exec_pid: Some(pid),
+                    exit: info,
+                });
+            }
+        }
+        None
+    }
+
+    /// Kill everything in the container, then remove its cgroup and run
+    /// directory. Its mounts live only in its mount namespace and vanish with it.
+    pub fn delete(&mut self, id: &str) -> Result<(), EngineError> {
+        let mut c = self
+            .containers
+            .remove(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_owned()))?;
+        // Closing the control socket ends an init still waiting for start.
+        c.control = None;
+        let killed = match c.cgroup.take() {
+            Some(cgroup) => cgroup.kill_and_remove().map_err(EngineError::from),
+            None => kill_pid_namespace(id, c.pid, c.status),
+        };
+        if let Err(e) = killed {
+            // Keep it listed so that delete can be retried.
+            self.containers.insert(id.to_owned(), c);
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir_all(&c.run_dir);
+        Ok(())
+    }
+}
+
+/// Without a cgroup: SIGKILL the init, which takes its whole pid namespace
+/// with it, and wait until it is dead (a zombie counts: the reaper owns it).
+fn kill_pid_namespace(id: &str, pid: u32, status: ContainerStatus) -> Result<(), EngineError> {
+    if status == ContainerStatus::Exited {
+        return Ok(());
+    }
+    let _ = sys::kill(pid, libc::SIGKILL);
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return Err(EngineError::KillTimeout(id.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name, which may hold spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|s| s != "Z" && s != "X")
+}
+
+fn state_of(id: &str, c: &Container) -> ContainerState {
+    ContainerState {
+        id: id.to_owned(),
+        status: c.status,
+        pid: c.pid,
+        exit: c.exit.clone(),
+    }
+}
+
+/// What a process runs with: the container's spec, overridden by an exec's.
+fn process_config(spec: &ContainerSpec, exec: Option<&ExecSpec>) -> ProcessConfig {
+    let base = ProcessConfig {
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        user: spec.user.clone(),
+        rlimits: spec.rlimits.clone(),
+        tty: spec.tty,
+        stdin: spec.stdin,
+    };
+    let Some(exec) = exec else { return base };
+    ProcessConfig {
+        argv: exec.argv.clone(),
+        env: base
+            .env
+            .into_iter()
+            .chain(exec.env.iter().cloned())
+            .collect(),
+        cwd: exec.cwd.clone().or(base.cwd),
+        user: exec.user.clone().or(base.user),
+        rlimits: base.rlimits,
+        tty: exec.tty,
+        stdin: exec.stdin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(valid_id("web-1.a_b"));
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exec_inherits_and_overrides_the_container() {
+        let spec = ContainerSpec {
+            argv: vec!["sh".into()],
+            env: vec!["A=1".into()],
+            cwd: Some("/srv".into()),
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
+        let exec = ExecSpec {
+            argv: vec!["id".into()],
+            env: vec!["B=2".into()],
+            tty: true,
+            ..Default::default()
+        };
+        let p = process_config(&spec, Some(&exec));
+        assert_eq!(p.argv, vec!["id"]);
+        assert_eq!(p.env, vec!["A=1", "B=2"]);
+        assert_eq!(
+            (p.cwd.as_deref(), p.user.as_deref(), p.tty),
+            (Some("/srv"), Some("nobody"), true)
+        );
+    }
+
+    #[test]
+    fn unknown_ids_and_exits_are_reported() {
+        let dir = std::env::temp_dir().join(format!("spore-engine-unit-{}", std::process::id()));
+        let mut engine = Engine::new(EngineConfig {
+            run_dir: dir.clone(),
+            cgroup_root: dir.join("no-cgroup"),
+        })
+        .unwrap();
+        assert!(matches!(engine.state("x"), Err(EngineError::UnknownId(_))));
+        assert!(matches!(engine.start("x"), Err(EngineError::UnknownId(_))));
+        assert_eq!(engine.on_child_exit(1, 0), None);
+        assert!(engine.list().is_empty());
+        assert_eq!(
+            EngineError::UnknownId("x".into()).to_string(),
+            "no container x"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn our_own_process_is_alive() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
+    }
+}

@@ -1,0 +1,323 @@
+//! The container's root filesystem: overlayfs over the image, the system
+//! mounts, a minimal /dev, and pivot_root.
+//!
+//! Runs in the container's fresh mount namespace (stage 2's init), so nothing
+//! mounted here is visible on the host: every mount dies with the namespace.
+//! Owns the layout of the per-container run directory; does not choose the
+//! image (the engine passes `lower`).
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{symlink, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT};
+
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("rootfs {0} not found")]
+    LowerMissing(PathBuf, #[source] io::Error),
+    #[error("rootfs {0} is neither a directory, a block device nor an image file")]
+    LowerKind(PathBuf),
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {0}")]
+    Create(PathBuf, #[source] io::Error),
+    #[error("cannot attach image {0} to a loop device")]
+    Loop(PathBuf, #[source] io::Error),
+    #[error("pivot_root into {0} failed")]
+    Pivot(PathBuf, #[source] io::Error),
+}
+
+/// One filesystem mounted below the new root.
+struct Mount {
+    target: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+    data: &'static str,
+}
+
+/// System mounts, in order (a parent before what is mounted inside it).
+const MOUNTS: &[Mount] = &[
+    Mount {
+        target: "proc",
+        fstype: "proc",
+        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        data: "",
+    },
+    Mount {
+        target: "dev",
+        fstype: "tmpfs",
+        flags: MS_NOSUID,
+        data: "mode=755,size=65536k",
+    },
+    Mount {
+        target: "dev/pts",
+        fstype: "devpts",
+        flags: MS_NOSUID | MS_NOEXEC,
+        data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    },
+    Mount {
+        target: "dev/shm",
+        fstype: "tmpfs",
+        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        data: "mode=1777,size=65536k",
+    },
+    Mount {
+        target: "dev/mqueue",
+        fstype: "mqueue",
+        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        data: "",
+    },
+    Mount {
+        target: "sys",
+        fstype: "sysfs",
+        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+        data: "",
+    },
+];
+
+/// Character devices in /dev: (name, major, minor), all mode 0666.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Symlinks in /dev: (name, target).
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// Kernel interfaces hidden from the container (OCI maskedPaths, docker's list).
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// Kernel interfaces made read-only (OCI readonlyPaths, docker's list).
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn mount_err(what: impl Into<String>, target: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
+    let what = what.into();
+    move |source| RootfsError::Mount {
+        what,
+        target: target.to_owned(),
+        source,
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), RootfsError> {
+    fs::create_dir_all(path).map_err(|e| RootfsError::Create(path.to_owned(), e))
+}
+
+/// Build the overlay root in `run_dir` and return where it is mounted.
+pub fn prepare(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
+    // Nothing mounted from here on may propagate back to the host.
+    sys::mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None)
+        .map_err(mount_err("private /", Path::new("/")))?;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        run_dir,
+        Some("tmpfs"),
+        MS_NOSUID | MS_NODEV,
+        Some("mode=755"),
+    )
+    .map_err(mount_err("tmpfs", run_dir))?;
+    let [upper, work, merged] = ["upper", "work", "merged"].map(|d| run_dir.join(d));
+    for dir in [&upper, &work, &merged] {
+        mkdir(dir)?;
+    }
+    let lower = lower_dir(run_dir, lower)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    sys::mount(
+        Some(Path::new("overlay")),
+        &merged,
+        Some("overlay"),
+        0,
+        Some(&data),
+    )
+    .map_err(mount_err("overlay", &merged))?;
+    Ok(merged)
+}
+
+/// The lower layer as a directory: `lower` itself, or the filesystem on the
+/// block device or image file `lower`, mounted read-only in `run_dir/lower`.
+fn lower_dir(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
+    let kind = fs::metadata(lower)
+        .map_err(|e| RootfsError::LowerMissing(lower.to_owned(), e))?
+        .file_type();
+    let device = if kind.is_dir() {
+        return Ok(lower.to_owned());
+    } else if kind.is_block_device() {
+        lower.to_owned()
+    } else if kind.is_file() {
+        let image = File::open(lower).map_err(|e| RootfsError::Loop(lower.to_owned(), e))?;
+        sys::loop_attach_readonly(image.as_fd())
+            .map_err(|e| RootfsError::Loop(lower.to_owned(), e))?
+    } else {
+        return Err(RootfsError::LowerKind(lower.to_owned()));
+    };
+    let target = run_dir.join("lower");
+    mkdir(&target)?;
+    let mut last = None;
+    for fstype in ["erofs", "ext4"] {
+        match sys::mount(Some(&device), &target, Some(fstype), MS_RDONLY, None) {
+            Ok(()) => return Ok(target),
+            Err(e) => last = Some(e),
+        }
+    }
+    let err = last.unwrap_or_else(|| io::ErrorKind::Unsupported.into());
+    Err(mount_err(
+        format!("{} (erofs or ext4)", lower.display()),
+        &target,
+    )(err))
+}
+
+/// Mount /proc, /dev (with its devices and links), /sys and friends under `root`.
+pub fn mount_system(root: &Path) -> Result<(), RootfsError> {
+    for m in MOUNTS {
+        let target = root.join(m.target);
+        mkdir(&target)?;
+        let data = (!m.data.is_empty()).then_some(m.data);
+        sys::mount(
+            Some(Path::new(m.fstype)),
+            &target,
+            Some(m.fstype),
+            m.flags,
+            data,
+        )
+        .map_err(mount_err(m.fstype, &target))?;
+    }
+    let dev = root.join("dev");
+    for &(name, major, minor) in DEVICES {
+        create_device(&dev.join(name), major, minor)?;
+    }
+    for &(name, target) in DEV_LINKS {
+        let link = dev.join(name);
+        symlink(target, &link).map_err(|e| RootfsError::Create(link, e))?;
+    }
+    Ok(())
+}
+
+/// mknod a device; where that is not allowed (a host whose device cgroup
+/// forbids mknod), bind-mount the host's node instead.
+fn create_device(path: &Path, major: u32, minor: u32) -> Result<(), RootfsError> {
+    if sys::mknod_char(path, 0o666, major, minor).is_ok() {
+        return Ok(());
+    }
+    File::create(path).map_err(|e| RootfsError::Create(path.to_owned(), e))?;
+    let host = Path::new("/dev").join(path.file_name().unwrap_or_default());
+    sys::mount(Some(&host), path, None, MS_BIND, None)
+        .map_err(mount_err(host.display().to_string(), path))
+}
+
+/// Make `root` the root directory and detach the old root entirely.
+pub fn pivot(root: &Path) -> Result<(), RootfsError> {
+    let fail = |e| RootfsError::Pivot(root.to_owned(), e);
+    std::env::set_current_dir(root).map_err(fail)?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; the
+    // detach then removes it without needing a put_old directory.
+    sys::pivot_root(Path::new("."), Path::new(".")).map_err(fail)?;
+    sys::umount2(Path::new("."), libc::MNT_DETACH).map_err(fail)?;
+    std::env::set_current_dir("/").map_err(fail)
+}
+
+/// Hide and write-protect the kernel interfaces docker hides (after pivot).
+pub fn restrict_kernel_interfaces() -> Result<(), RootfsError> {
+    for path in MASKED.iter().map(Path::new).filter(|p| p.exists()) {
+        let result = if path.is_dir() {
+            sys::mount(
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MS_RDONLY,
+                None,
+            )
+        } else {
+            sys::mount(Some(Path::new("/dev/null")), path, None, MS_BIND, None)
+        };
+        result.map_err(mount_err("mask", path))?;
+    }
+    for path in READONLY.iter().map(Path::new).filter(|p| p.exists()) {
+        sys::mount(Some(path), path, None, MS_BIND | MS_REC, None)
+            .map_err(mount_err("bind", path))?;
+        let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        sys::mount(None, path, None, flags, None).map_err(mount_err("read-only", path))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_come_after_their_parents() {
+        for (i, m) in MOUNTS.iter().enumerate() {
+            if let Some((parent, _)) = m.target.rsplit_once('/') {
+                let pos = MOUNTS.iter().position(|p| p.target == parent);
+                assert!(
+                    pos.is_some_and(|p| p < i),
+                    "{} before its parent {parent}",
+                    m.target
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sys_is_read_only_and_devpts_is_private() {
+        let sys = MOUNTS.iter().find(|m| m.target == "sys").unwrap();
+        assert_ne!(sys.flags & MS_RDONLY, 0);
+        let pts = MOUNTS.iter().find(|m| m.fstype == "devpts").unwrap();
+        assert!(pts.data.contains("newinstance"));
+    }
+
+    #[test]
+    fn the_dev_basics_are_there() {
+        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+            assert!(DEVICES.iter().any(|d| d.0 == name), "{name}");
+        }
+        assert!(DEV_LINKS.contains(&("ptmx", "pts/ptmx")));
+    }
+
+    #[test]
+    fn a_missing_lower_is_named() {
+        let err = lower_dir(Path::new("/tmp"), Path::new("/nonexistent/rootfs")).unwrap_err();
+        assert_eq!(err.to_string(), "rootfs /nonexistent/rootfs not found");
+    }
+}
