@@ -4,9 +4,11 @@
 //! itself: PID 1 duties ([`init`]), the request server ([`server`]) and the
 //! container engine.
 
+pub mod engine;
 pub mod init;
 pub mod protocol;
 pub mod server;
+pub mod sys;
 
 /// An error and its causes on one line, `outer: inner: innermost`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
