@@ -54,3 +54,8 @@ pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// spore's exit port: the guest writes a reason byte here to end the VM
 /// (guest-kernel/patches/0002-spore-exit-port.patch; test guests write it directly).
 pub const EXIT_PORT: u16 = 0xf4;
+
+/// KVM's three-page TSS area and one-page identity map (used by VMX for real mode
+/// emulation), placed in the MMIO hole below the IOAPIC where nothing else lives.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;

@@ -13,3 +13,8 @@ pub mod host;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
+
+pub use builder::{start, VmHandle};
+pub use config::VmConfig;
+pub use host::{HostKvm, KvmKind};
+pub use vcpu::VmExit;

@@ -10,5 +10,6 @@ pub mod gdt;
 pub mod mptable;
 pub mod paging;
 pub mod regs;
+pub mod vm;
 
 pub use cpuid::Quirks;

@@ -116,6 +116,7 @@ fn apply(vcpu: &mut VcpuFd, action: Action) -> Result<(), VmExit> {
 /// and inject the exception as KVM would have delivered it.
 fn inject_breakpoint(vcpu: &mut VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let mut regs = vcpu.get_regs()?;
+    log::debug!("int3 at {:#x}: injecting #BP", regs.rip);
     regs.rip += INT3_LEN;
     vcpu.set_regs(&regs)?;
     let mut events = vcpu.get_vcpu_events()?;

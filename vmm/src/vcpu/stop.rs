@@ -165,7 +165,8 @@ impl StopLatch {
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
     }
 
-    fn kick_all(&self) {
+    /// Signals every registered vCPU thread out of KVM_RUN.
+    pub fn kick_all(&self) {
         let threads = self.threads.lock().expect("stop latch poisoned");
         for thread in threads.iter() {
             // SAFETY: a thread stays in the list (under this lock) only while it is
