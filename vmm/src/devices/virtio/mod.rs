@@ -9,6 +9,7 @@ pub mod block;
 pub mod device;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 #[cfg(test)]
 mod test_utils;
@@ -24,6 +25,7 @@ pub use block::Block;
 pub use device::{DriverOk, IrqTrigger, VirtioDevice};
 pub use mmio::MmioTransport;
 pub use rng::Rng;
+pub use vsock::Vsock;
 
 use crate::layout;
 
@@ -34,6 +36,8 @@ pub enum VirtioError {
     EventFd(#[source] std::io::Error),
     #[error("block device")]
     Block(#[from] block::BlockError),
+    #[error("vsock device")]
+    Vsock(#[from] vsock::VsockError),
     #[error("{0} device does not support this operation")]
     WrongDevice(&'static str),
 }
@@ -43,6 +47,7 @@ pub enum VirtioError {
 pub enum DeviceControl {
     Block(Arc<Mutex<Block>>),
     Rng(Arc<Mutex<Rng>>),
+    Vsock(Arc<Mutex<Vsock>>),
 }
 
 impl DeviceControl {
@@ -53,6 +58,22 @@ impl DeviceControl {
                 .lock()
                 .expect("block device poisoned")
                 .set_backing(path, read_only)?),
+            Self::Rng(_) => Err(VirtioError::WrongDevice("rng")),
+            Self::Vsock(_) => Err(VirtioError::WrongDevice("vsock")),
+        }
+    }
+
+    /// Asks a vsock device to drop its connections and send the guest a
+    /// TRANSPORT_RESET event, switching to `new_cid` first if given (clone identity).
+    pub fn vsock_transport_reset(&self, new_cid: Option<u64>) -> Result<(), VirtioError> {
+        match self {
+            Self::Vsock(v) => {
+                v.lock()
+                    .expect("vsock device poisoned")
+                    .request_transport_reset(new_cid);
+                Ok(())
+            }
+            Self::Block(_) => Err(VirtioError::WrongDevice("block")),
             Self::Rng(_) => Err(VirtioError::WrongDevice("rng")),
         }
     }
@@ -121,6 +142,21 @@ where
     })
 }
 
+/// The virtio-vsock device for guest `cid`; its host socket listens at `uds_path`
+/// (removed when the device is dropped).
+pub fn vsock(
+    mem: &GuestMemoryMmap,
+    cid: u64,
+    uds_path: &Path,
+) -> Result<VirtioMmioDevice, VirtioError> {
+    let m = mem.clone();
+    let make = |irq, evts| {
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        Ok(Vsock::new(m, irq, evts, wake, cid, uds_path)?)
+    };
+    assemble("vsock", mem, 3, make, DeviceControl::Vsock)
+}
+
 /// A file-backed virtio-blk disk.
 pub fn block(
     mem: &GuestMemoryMmap,
@@ -176,6 +212,26 @@ mod tests {
         d.transport.lock().unwrap().write(0x50, &0u32.to_le_bytes());
         assert_eq!(d.queue_events[0].read().unwrap(), 1);
         assert!(d.control.set_backing(Path::new("/dev/null"), true).is_err());
+    }
+
+    #[test]
+    fn vsock_is_assembled() {
+        let mem = test_utils::guest_memory();
+        let path = std::env::temp_dir().join(format!("spore-vsock-mod-{}", std::process::id()));
+        let d = vsock(&mem, 3, &path).unwrap();
+        assert_eq!((d.name, d.queue_events.len()), ("vsock", 3));
+        let mut b = [0u8; 4];
+        d.transport.lock().unwrap().read(0x8, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 19);
+        d.transport.lock().unwrap().read(0x100, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 3);
+        assert!(path.exists());
+        // The path is taken: a second device cannot listen there.
+        assert!(vsock(&mem, 4, &path).is_err());
+        d.control.vsock_transport_reset(None).unwrap();
+        assert!(d.control.set_backing(&path, true).is_err());
+        drop(d);
+        assert!(!path.exists());
     }
 
     #[test]
