@@ -42,7 +42,11 @@ struct Request {
 
 static mut RING: Ring = Ring::ZERO;
 static mut REQ: Request = Request {
-    header: ReqHeader { kind: 0, reserved: 0, sector: 0 },
+    header: ReqHeader {
+        kind: 0,
+        reserved: 0,
+        sector: 0,
+    },
     data: [0; SECTOR_SIZE],
     status: 0,
 };
@@ -65,7 +69,11 @@ impl Blk {
         // SAFETY: REQ is only used by this driver and no request is in flight, so
         // the device does not access it now.
         unsafe {
-            (*req).header = ReqHeader { kind, reserved: 0, sector };
+            (*req).header = ReqHeader {
+                kind,
+                reserved: 0,
+                sector,
+            };
             (*req).status = 0xff;
         }
         let data_flags = if kind == T_IN { DESC_F_WRITE } else { 0 };
@@ -77,14 +85,24 @@ impl Blk {
                 virtq::phys(&raw const (*req).status),
             )
         };
-        self.q.set_desc(0, header, size_of::<ReqHeader>() as u32, DESC_F_NEXT, if with_data { 1 } else { 2 });
+        self.q.set_desc(
+            0,
+            header,
+            size_of::<ReqHeader>() as u32,
+            DESC_F_NEXT,
+            if with_data { 1 } else { 2 },
+        );
         if with_data {
-            self.q.set_desc(1, data, SECTOR_SIZE as u32, data_flags | DESC_F_NEXT, 2);
+            self.q
+                .set_desc(1, data, SECTOR_SIZE as u32, data_flags | DESC_F_NEXT, 2);
         }
         self.q.set_desc(2, status, 1, DESC_F_WRITE, 0);
         self.q.push(0);
         self.dev.notify(0);
-        let (head, _) = self.q.wait_used(self.dev, io::deadline(30)).ok_or("blk: timeout")?;
+        let (head, _) = self
+            .q
+            .wait_used(self.dev, io::deadline(30))
+            .ok_or("blk: timeout")?;
         if head != 0 {
             return Err("blk: wrong used id");
         }
@@ -113,7 +131,11 @@ pub fn run() -> Result<(), &'static str> {
     let q = unsafe { Virtq::new(addr_of_mut!(RING)) };
     dev.setup_queue(0, &q)?;
     dev.driver_ok();
-    let mut blk = Blk { dev, q, req: addr_of_mut!(REQ) };
+    let mut blk = Blk {
+        dev,
+        q,
+        req: addr_of_mut!(REQ),
+    };
 
     let capacity = dev.config64(CONFIG_CAPACITY);
     if capacity < 2 {

@@ -22,13 +22,17 @@ pub const TICKS_PER_SEC: u64 = 2_000_000_000;
 fn outb(port: u16, value: u8) {
     // SAFETY: port I/O to COM1 or spore's exit port only; it has no effect on
     // memory this program relies on.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: reading COM1's line status register has no side effects on memory.
-    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
     value
 }
 

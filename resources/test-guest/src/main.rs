@@ -64,7 +64,11 @@ type Check = (&'static [u8], fn() -> Result<(), &'static str>);
 /// The checks, in order. vsock runs last: the host test connects to the guest's
 /// listening port only once the VM is up, and a slow step before it would eat
 /// into that wait.
-const CHECKS: [Check; 3] = [(b"rng", rng::run), (b"blk", blk::run), (b"vsock", vsock::run)];
+const CHECKS: [Check; 3] = [
+    (b"rng", rng::run),
+    (b"blk", blk::run),
+    (b"vsock", vsock::run),
+];
 
 extern "C" fn main() -> ! {
     io::print(b"SPORE-TEST start\n");

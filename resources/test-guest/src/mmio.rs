@@ -80,8 +80,14 @@ impl Device {
     /// Finds the first virtio 1.x (version 2) device with `device_id`.
     pub fn find(device_id: u32) -> Option<Device> {
         (0..MMIO_SLOTS)
-            .map(|i| Device { base: MMIO_BASE + i * MMIO_STRIDE })
-            .find(|d| d.read(REG_MAGIC) == MAGIC && d.read(REG_VERSION) == 2 && d.read(REG_DEVICE_ID) == device_id)
+            .map(|i| Device {
+                base: MMIO_BASE + i * MMIO_STRIDE,
+            })
+            .find(|d| {
+                d.read(REG_MAGIC) == MAGIC
+                    && d.read(REG_VERSION) == 2
+                    && d.read(REG_DEVICE_ID) == device_id
+            })
     }
 
     /// Steps 1–6 of the initialisation sequence (section 3.1.1): reset, ACKNOWLEDGE,

@@ -18,7 +18,6 @@ global_asm!(
     ".asciz \"Xen\"",
     ".balign 4",
     ".quad pvh_start",
-
     // null, 64-bit code (0x08), flat data (0x10)
     ".section .rodata.pvh, \"a\"",
     ".balign 8",
@@ -29,14 +28,12 @@ global_asm!(
     "pvh_gdt_ptr:",
     ".word 23",
     ".long pvh_gdt",
-
     // Outside .bss: `_start` clears .bss while these tables are live.
     ".section .pvh_tables, \"aw\", @nobits",
     ".balign 4096",
     "pvh_pml4: .skip 4096",
     "pvh_pdpt: .skip 4096",
     "pvh_pd: .skip 4 * 4096",
-
     ".section .text.pvh, \"ax\"",
     ".code32",
     ".global pvh_start",

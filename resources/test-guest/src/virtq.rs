@@ -65,9 +65,24 @@ pub struct Ring {
 impl Ring {
     /// An all-zero ring, for `static mut` storage.
     pub const ZERO: Ring = Ring {
-        desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QUEUE_SIZE as usize],
-        avail: Avail { flags: 0, idx: 0, ring: [0; QUEUE_SIZE as usize], used_event: 0 },
-        used: Used { flags: 0, idx: 0, ring: [UsedElem { id: 0, len: 0 }; QUEUE_SIZE as usize], avail_event: 0 },
+        desc: [Desc {
+            addr: 0,
+            len: 0,
+            flags: 0,
+            next: 0,
+        }; QUEUE_SIZE as usize],
+        avail: Avail {
+            flags: 0,
+            idx: 0,
+            ring: [0; QUEUE_SIZE as usize],
+            used_event: 0,
+        },
+        used: Used {
+            flags: 0,
+            idx: 0,
+            ring: [UsedElem { id: 0, len: 0 }; QUEUE_SIZE as usize],
+            avail_event: 0,
+        },
     };
 }
 
@@ -105,7 +120,11 @@ impl Virtq {
             ring.write(Ring::ZERO);
             (*ring).avail.flags = AVAIL_F_NO_INTERRUPT;
         }
-        Virtq { ring, next_avail: 0, last_used: 0 }
+        Virtq {
+            ring,
+            next_avail: 0,
+            last_used: 0,
+        }
     }
 
     pub fn size(&self) -> u16 {
@@ -129,7 +148,17 @@ impl Virtq {
         let i = usize::from(index % QUEUE_SIZE);
         // SAFETY: `ring` is valid and `i` in bounds; the descriptor is not in the
         // device's hands, so writing it races with nothing.
-        unsafe { write_volatile(addr_of_mut!((*self.ring).desc[i]), Desc { addr, len, flags, next }) }
+        unsafe {
+            write_volatile(
+                addr_of_mut!((*self.ring).desc[i]),
+                Desc {
+                    addr,
+                    len,
+                    flags,
+                    next,
+                },
+            )
+        }
     }
 
     /// Makes the chain starting at descriptor `head` available (no notify).

@@ -9,8 +9,8 @@
 //! conversation is still running; the `Listener` keeps it until `accept_in`.
 
 use super::packet::{
-    Conn, Hdr, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
-    OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND,
+    Conn, Hdr, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
+    OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
 use super::{Packet, Vsock, MAX_DATA};
 use crate::io;
@@ -35,12 +35,19 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(port: u32) -> Listener {
-        Listener { port, pending: None }
+        Listener {
+            port,
+            pending: None,
+        }
     }
 }
 
 /// What to do with a packet that is not for the connection being served.
-fn handle_stray(vsock: &mut Vsock, listener: &mut Listener, pkt: &Packet) -> Result<(), &'static str> {
+fn handle_stray(
+    vsock: &mut Vsock,
+    listener: &mut Listener,
+    pkt: &Packet,
+) -> Result<(), &'static str> {
     let hdr = &pkt.hdr;
     if hdr.op == OP_REQUEST && hdr.dst_port == listener.port && listener.pending.is_none() {
         listener.pending = Some(*hdr);
@@ -77,7 +84,12 @@ fn recv_for(
 
 /// Sends `data` as one RW packet, asking for credit first if the peer has too
 /// little room.
-fn send_data(vsock: &mut Vsock, listener: &mut Listener, conn: &mut Conn, data: &[u8]) -> Result<(), &'static str> {
+fn send_data(
+    vsock: &mut Vsock,
+    listener: &mut Listener,
+    conn: &mut Conn,
+    data: &[u8],
+) -> Result<(), &'static str> {
     let deadline = io::deadline(DATA_SECS);
     let mut asked = false;
     while (conn.credit() as usize) < data.len() {

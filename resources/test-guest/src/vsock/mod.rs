@@ -80,11 +80,8 @@ impl Vsock {
         for i in 0..RX_BUFS as u16 {
             post_rx(&mut rx, i);
         }
-        for i in 0..EVENT_BUFS {
-            // SAFETY: only the address of a static buffer is taken.
-            let addr = virtq::phys(unsafe { addr_of!(EVENT_BUF[i]) });
-            event.set_desc(i as u16, addr, EVENT_LEN as u32, DESC_F_WRITE, 0);
-            event.push(i as u16);
+        for i in 0..EVENT_BUFS as u16 {
+            post_event(&mut event, i);
         }
         dev.notify(RX_QUEUE);
         dev.notify(EVENT_QUEUE);
@@ -95,7 +92,13 @@ impl Vsock {
     }
 
     /// Sends one packet on `conn` and waits until the device has taken it.
-    pub fn send(&mut self, conn: &mut Conn, op: u16, flags: u32, data: &[u8]) -> Result<(), &'static str> {
+    pub fn send(
+        &mut self,
+        conn: &mut Conn,
+        op: u16,
+        flags: u32,
+        data: &[u8],
+    ) -> Result<(), &'static str> {
         let hdr = Hdr {
             src_cid: self.cid,
             dst_cid: conn.peer_cid,
@@ -142,9 +145,11 @@ impl Vsock {
         }
         let with_data = !data.is_empty();
         let next_flag = if with_data { DESC_F_NEXT } else { 0 };
-        self.tx.set_desc(0, virtq::phys(hdr_buf), HDR_LEN as u32, next_flag, 1);
+        self.tx
+            .set_desc(0, virtq::phys(hdr_buf), HDR_LEN as u32, next_flag, 1);
         if with_data {
-            self.tx.set_desc(1, virtq::phys(data_buf), data.len() as u32, 0, 0);
+            self.tx
+                .set_desc(1, virtq::phys(data_buf), data.len() as u32, 0, 0);
         }
         self.tx.push(0);
         self.dev.notify(TX_QUEUE);
@@ -194,6 +199,15 @@ fn post_rx(rx: &mut Virtq, index: u16) {
     let addr = virtq::phys(unsafe { addr_of!(RX_BUF[usize::from(index)]) });
     rx.set_desc(index, addr, RX_BUF_LEN as u32, DESC_F_WRITE, 0);
     rx.push(index);
+}
+
+/// Hands event buffer `index` (descriptor `index`) to the device. The only event,
+/// a transport reset, means nothing to a guest that never migrates.
+fn post_event(event: &mut Virtq, index: u16) {
+    // SAFETY: only the address of a static buffer is taken.
+    let addr = virtq::phys(unsafe { addr_of!(EVENT_BUF[usize::from(index)]) });
+    event.set_desc(index, addr, EVENT_LEN as u32, DESC_F_WRITE, 0);
+    event.push(index);
 }
 
 /// Both conversations: guest to host echo, then host to guest echo.

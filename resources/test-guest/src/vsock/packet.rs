@@ -96,12 +96,22 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(local_port: u32, peer_cid: u64, peer_port: u32) -> Conn {
-        Conn { local_port, peer_cid, peer_port, peer_buf_alloc: 0, peer_fwd_cnt: 0, tx_cnt: 0, fwd_cnt: 0 }
+        Conn {
+            local_port,
+            peer_cid,
+            peer_port,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            tx_cnt: 0,
+            fwd_cnt: 0,
+        }
     }
 
     /// Whether `hdr` belongs to this connection.
     pub fn owns(&self, hdr: &Hdr) -> bool {
-        hdr.src_cid == self.peer_cid && hdr.src_port == self.peer_port && hdr.dst_port == self.local_port
+        hdr.src_cid == self.peer_cid
+            && hdr.src_port == self.peer_port
+            && hdr.dst_port == self.local_port
     }
 
     /// Every packet from the peer carries its current credit (section 5.10.6.3).
