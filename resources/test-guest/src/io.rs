@@ -5,6 +5,7 @@
 //! polling. It does not know about virtio devices.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// COM1 (vmm/src/layout.rs `SERIAL_PORT`).
 const SERIAL_PORT: u16 = 0x3f8;
@@ -53,12 +54,15 @@ pub fn expired(deadline: u64) -> bool {
     now() >= deadline
 }
 
+/// Cleared when the line status register never reports an empty transmitter
+/// (a UART model without LSR): then stop asking, instead of spinning per byte.
+static LSR_WORKS: AtomicBool = AtomicBool::new(true);
+
 fn putc(byte: u8) {
     // A bounded wait: spore's UART is always ready, a real one within microseconds.
-    for _ in 0..1000 {
-        if inb(SERIAL_LSR) & LSR_THR_EMPTY != 0 {
-            break;
-        }
+    if LSR_WORKS.load(Ordering::Relaxed) && !(0..1000).any(|_| inb(SERIAL_LSR) & LSR_THR_EMPTY != 0)
+    {
+        LSR_WORKS.store(false, Ordering::Relaxed);
     }
     outb(SERIAL_PORT, byte);
 }
