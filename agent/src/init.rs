@@ -8,7 +8,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::IntoRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::server::os::{self, OsError};
 
@@ -156,6 +156,46 @@ pub fn enable_controllers(root: &Path, sub: &Path) -> Result<(), InitError> {
     write(sub)
 }
 
+/// Host mode's default engine cgroup root: `spore` under the host's cgroup v2
+/// mount (`/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on a
+/// hybrid one).
+pub fn default_host_cgroup_root() -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && unified.join("cgroup.procs").exists()
+    {
+        return unified.join("spore");
+    }
+    PathBuf::from(GUEST_CGROUP_ROOT)
+}
+
+/// Host mode: prepare `sub` as the engine's cgroup root below `parent` with
+/// whichever of [`CONTROLLERS`] the parent offers (a hybrid host's cgroup v2 may
+/// offer none; the engine then refuses limits rather than ignoring them).
+/// Returns the controllers enabled.
+pub fn prepare_host_cgroup(sub: &Path) -> Result<Vec<&'static str>, InitError> {
+    let parent = sub.parent().unwrap_or(Path::new("/"));
+    let offered = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+    let usable: Vec<&str> = CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| offered.split_whitespace().any(|o| o == *c))
+        .collect();
+    if usable.is_empty() {
+        fs::create_dir_all(sub).map_err(|e| InitError::Mkdir(sub.display().to_string(), e))?;
+        return Ok(usable);
+    }
+    let line = controller_line(&usable);
+    let write = |dir: &Path| {
+        let f = dir.join("cgroup.subtree_control");
+        fs::write(&f, &line).map_err(|e| InitError::Cgroup(f.display().to_string(), e))
+    };
+    write(parent)?;
+    fs::create_dir_all(sub).map_err(|e| InitError::Mkdir(sub.display().to_string(), e))?;
+    write(sub)?;
+    Ok(usable)
+}
+
 /// `"+cpu +memory"` from `["cpu", "memory"]`.
 fn controller_line(controllers: &[&str]) -> String {
     controllers
@@ -202,5 +242,23 @@ mod tests {
         );
         fs::remove_dir_all(&dir).unwrap();
         assert!(enable_controllers(&dir.join("missing/x"), &sub).is_err());
+    }
+
+    #[test]
+    fn host_cgroup_uses_only_offered_controllers() {
+        let dir = std::env::temp_dir().join(format!("spore-init-host-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.controllers"), "cpu io memory\n").unwrap();
+        let sub = dir.join("spore");
+        assert_eq!(prepare_host_cgroup(&sub).unwrap(), vec!["cpu", "memory"]);
+        assert_eq!(
+            fs::read_to_string(sub.join("cgroup.subtree_control")).unwrap(),
+            "+cpu +memory"
+        );
+        fs::write(dir.join("cgroup.controllers"), "").unwrap();
+        let bare = dir.join("bare");
+        assert!(prepare_host_cgroup(&bare).unwrap().is_empty());
+        assert!(bare.is_dir());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use spore_agent::engine::{self, Engine, EngineConfig, EngineError};
 use spore_agent::init;
 use spore_agent::server::listen::{ListenAddr, ListenError};
 use spore_agent::server::os;
@@ -31,8 +32,8 @@ enum MainError {
     Init(#[from] init::InitError),
     #[error("server")]
     Server(#[from] ServerError),
-    #[error("{0}")]
-    Runtime(String),
+    #[error("cannot start the container engine")]
+    Engine(#[from] EngineError),
 }
 
 /// Which runtime runs containers.
@@ -47,7 +48,8 @@ enum RuntimeKind {
 struct Args {
     listen: Option<ListenAddr>,
     run_dir: PathBuf,
-    cgroup_root: PathBuf,
+    /// `None`: the guest's, or the host's default in host mode.
+    cgroup_root: Option<PathBuf>,
     runtime: RuntimeKind,
 }
 
@@ -55,7 +57,7 @@ fn parse_args(args: &[String]) -> Result<Args, MainError> {
     let mut a = Args {
         listen: None,
         run_dir: PathBuf::from("/run/spore"),
-        cgroup_root: PathBuf::from(init::GUEST_CGROUP_ROOT),
+        cgroup_root: None,
         runtime: RuntimeKind::Engine,
     };
     let mut it = args.iter();
@@ -68,7 +70,7 @@ fn parse_args(args: &[String]) -> Result<Args, MainError> {
         match flag.as_str() {
             "--listen" => a.listen = Some(ListenAddr::parse(&value()?)?),
             "--run-dir" => a.run_dir = value()?.into(),
-            "--cgroup-root" => a.cgroup_root = value()?.into(),
+            "--cgroup-root" => a.cgroup_root = Some(value()?.into()),
             "--runtime" => {
                 a.runtime = match value()?.as_str() {
                     "engine" => RuntimeKind::Engine,
@@ -83,19 +85,35 @@ fn parse_args(args: &[String]) -> Result<Args, MainError> {
     Ok(a)
 }
 
-fn make_runtime(a: &Args) -> Result<Box<dyn Runtime>, MainError> {
-    match a.runtime {
-        RuntimeKind::Plain => {
-            eprintln!("spore-agent: runtime plain: containers are plain host processes (no isolation; tests only)");
-            Ok(Box::new(PlainRuntime::default()))
-        }
-        RuntimeKind::Engine => {
-            let _ = (&a.run_dir, &a.cgroup_root);
-            Err(MainError::Runtime(
-                "the container engine is not built into this agent yet; use --runtime plain for protocol tests".into(),
-            ))
+fn make_runtime(a: &Args, pid1: bool) -> Result<Box<dyn Runtime>, MainError> {
+    if a.runtime == RuntimeKind::Plain {
+        eprintln!(
+            "spore-agent: runtime plain: containers are plain host processes (no isolation; tests only)"
+        );
+        return Ok(Box::new(PlainRuntime::default()));
+    }
+    let cgroup_root = match (&a.cgroup_root, pid1) {
+        (Some(c), _) => c.clone(),
+        (None, true) => PathBuf::from(init::GUEST_CGROUP_ROOT),
+        (None, false) => init::default_host_cgroup_root(),
+    };
+    // The guest's tree was prepared by PID 1 setup. On a host, do what the host
+    // allows; the engine refuses limits it cannot enforce.
+    if !pid1 {
+        match init::prepare_host_cgroup(&cgroup_root) {
+            Ok(c) if c.is_empty() => eprintln!(
+                "spore-agent: no cgroup v2 controllers at {}: containers cannot have limits",
+                cgroup_root.display()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("spore-agent: warning: {}", spore_agent::error_chain(&e)),
         }
     }
+    let cfg = EngineConfig {
+        run_dir: a.run_dir.clone(),
+        cgroup_root,
+    };
+    Ok(Box::new(Engine::new(cfg)?))
 }
 
 fn run(pid1: bool) -> Result<(), MainError> {
@@ -106,7 +124,7 @@ fn run(pid1: bool) -> Result<(), MainError> {
     } else {
         init::setup_host()?;
     }
-    let runtime = make_runtime(&args)?;
+    let runtime = make_runtime(&args, pid1)?;
     let addr = match (&args.listen, pid1) {
         (Some(a), _) => a.clone(),
         (None, true) => ListenAddr::default(),
@@ -123,6 +141,11 @@ fn run(pid1: bool) -> Result<(), MainError> {
 }
 
 fn main() -> ExitCode {
+    // The engine re-executes this binary to set a container up; that helper
+    // must not run any of the agent's own setup.
+    if std::env::args().nth(1).as_deref() == Some(engine::STAGE2_ARG) {
+        engine::stage2_main();
+    }
     let pid1 = std::process::id() == 1;
     let Err(e) = run(pid1) else {
         return ExitCode::SUCCESS;
@@ -160,7 +183,7 @@ mod tests {
         assert_eq!(a.listen, Some(ListenAddr::Unix("/tmp/s".into())));
         assert_eq!(a.run_dir, PathBuf::from("/r"));
         assert_eq!(a.runtime, RuntimeKind::Plain);
-        assert_eq!(a.cgroup_root, PathBuf::from(init::GUEST_CGROUP_ROOT));
+        assert_eq!(a.cgroup_root, None);
         assert!(matches!(
             parse_args(&strings(&["--listen"])),
             Err(MainError::Usage(_))

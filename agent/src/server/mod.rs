@@ -9,6 +9,7 @@
 mod attach;
 mod conn;
 mod dispatch;
+mod engine_runtime;
 mod fixup;
 pub mod listen;
 pub mod os;
