@@ -302,9 +302,12 @@ pub fn set_controlling_tty(tty: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Attach `file` to a free loop device, read-only and auto-clearing (the
-/// device detaches itself when its last user, e.g. a mount, goes away).
-/// Returns the device path.
-pub fn loop_attach_readonly(file: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+/// device detaches itself when its last user goes away). Returns the device
+/// path and an open descriptor of it: keep that open until the device is
+/// mounted, or auto-clear detaches it at once.
+pub fn loop_attach_readonly(
+    file: BorrowedFd<'_>,
+) -> io::Result<(std::path::PathBuf, std::fs::File)> {
     const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
     const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
     const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -337,7 +340,7 @@ pub fn loop_attach_readonly(file: BorrowedFd<'_>) -> io::Result<std::path::PathB
         // SAFETY: LOOP_CONFIGURE reads a loop_config, which `config` lays out
         // exactly and which outlives the call.
         match check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &config) }.into()) {
-            Ok(_) => return Ok(path),
+            Ok(_) => return Ok((path, dev)),
             // Another process took this device between GET_FREE and CONFIGURE.
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,
             Err(e) => return Err(e),

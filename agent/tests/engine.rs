@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
@@ -18,7 +19,7 @@ use spore_agent::engine::{
     EngineError, STAGE2_ARG,
 };
 use spore_agent::protocol::spec::{
-    ContainerSpec, ContainerStatus, ExecSpec, ExitReason, Limits, RootfsSpec,
+    ContainerSpec, ContainerStatus, ExecSpec, ExitReason, Limits, Rlimit, RootfsSpec,
 };
 use spore_agent::sys;
 
@@ -83,16 +84,25 @@ struct Harness {
 
 impl Harness {
     fn new(name: &str) -> Option<Harness> {
+        Harness::with_cgroup_parent(name, Some(&cgroup_parent()))
+    }
+
+    /// `parent: None` gives the engine a cgroup root that is no cgroup at all.
+    fn with_cgroup_parent(name: &str, parent: Option<&Path>) -> Option<Harness> {
         if !is_root() {
             eprintln!("skipping: the engine tests need root");
             return None;
         }
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tag = format!("spore-engine-test-{}-{name}", std::process::id());
-        let cgroup_root = cgroup_parent().join(&tag);
+        let run_dir = std::env::temp_dir().join(&tag);
+        let cgroup_root = match parent {
+            Some(parent) => parent.join(&tag),
+            None => run_dir.join("not-a-cgroup"),
+        };
         let _ = std::fs::create_dir(&cgroup_root);
         let cfg = EngineConfig {
-            run_dir: std::env::temp_dir().join(&tag),
+            run_dir,
             cgroup_root,
         };
         let engine = Engine::new(cfg.clone()).unwrap();
@@ -261,6 +271,33 @@ fn user_cwd_and_env_are_honoured() {
     spec.user = Some("spore".into());
     let (_, out, _) = h.run("spore", &spec);
     assert_eq!(out.trim(), "1000 10");
+
+    let mut spec = h.spec(&[
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; stat -c %a /; touch /made-here && echo writable",
+    ]);
+    spec.rlimits.insert(
+        "nofile".into(),
+        Rlimit {
+            soft: 123,
+            hard: 456,
+        },
+    );
+    let (exit, out, err) = h.run("limits", &spec);
+    assert_eq!(exit.exit.code, 0, "{err}");
+    let root_mode = format!(
+        "{:o}",
+        std::fs::metadata(rootfs()).unwrap().permissions().mode() & 0o7777
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["123", "456", root_mode.as_str(), "writable"]
+    );
+    assert!(
+        !rootfs().join("made-here").exists(),
+        "a write reached the image"
+    );
 }
 
 #[test]
@@ -354,6 +391,17 @@ fn exec_joins_the_running_container() {
         "{err}"
     );
     assert_eq!(out, "shared\nsleep\x00100\x00");
+
+    let tty = ExecSpec {
+        argv: vec!["tty".into()],
+        tty: true,
+        ..Default::default()
+    };
+    let (pid, io) = h.engine.exec("target", &tty).unwrap();
+    assert!(io.stderr.is_none());
+    let (out, _) = drain(io);
+    assert_eq!(h.reap(pid).exit.code, 0);
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
     assert_eq!(
         h.engine.state("target").unwrap().status,
         ContainerStatus::Running
@@ -365,6 +413,7 @@ fn setup_errors_reach_the_caller_and_leave_nothing() {
     let Some(mut h) = Harness::new("errors") else {
         return;
     };
+    let fds_before = fd_count();
     let err = h
         .engine
         .create("missing", &h.spec(&["no-such-program"]))
@@ -381,6 +430,7 @@ fn setup_errors_reach_the_caller_and_leave_nothing() {
     assert!(h.engine.list().is_empty());
     assert!(!h.cfg.cgroup_root.join("missing").exists());
     assert!(!h.cfg.run_dir.join("missing").exists());
+    assert_eq!(fd_count(), fds_before);
 }
 
 #[test]
@@ -432,8 +482,7 @@ fn delete_leaves_no_process_mount_cgroup_or_fd() {
     h.engine.start("doomed").unwrap();
     let pid = h.engine.state("doomed").unwrap().pid;
     let cgroup = h.cfg.cgroup_root.join("doomed");
-    let has_cgroup = cgroup.exists();
-    if has_cgroup {
+    if h.cfg.cgroup_root.join("cgroup.controllers").exists() {
         let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
         assert!(
             procs.lines().any(|l| l == pid.to_string()),
@@ -475,6 +524,78 @@ fn delete_leaves_no_process_mount_cgroup_or_fd() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     drop(io);
     assert_eq!(fd_count(), fds_before);
+}
+
+#[test]
+fn without_cgroup_v2_delete_kills_through_the_pid_namespace() {
+    let Some(mut h) = Harness::with_cgroup_parent("nocgroup", None) else {
+        return;
+    };
+    let io = h
+        .engine
+        .create("orphan", &h.spec(&["sh", "-c", "sleep 100 & sleep 100"]))
+        .unwrap();
+    h.engine.start("orphan").unwrap();
+    let pid = h.engine.state("orphan").unwrap().pid;
+    assert!(!h.cfg.cgroup_root.join("orphan").exists());
+    let (exec_pid, exec_io) = h
+        .engine
+        .exec(
+            "orphan",
+            &ExecSpec {
+                argv: vec!["sleep".into(), "100".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    h.engine.delete("orphan").unwrap();
+    // The init finishes exiting only once the exec'd process, our child, is reaped.
+    for p in [exec_pid, pid] {
+        let status = sys::waitpid(p).unwrap();
+        assert!(libc::WIFSIGNALED(status), "{p}: {status:#x}");
+    }
+    drop((io, exec_io));
+}
+
+#[test]
+fn image_files_serve_as_the_lower_layer() {
+    let Some(mut h) = Harness::new("images") else {
+        return;
+    };
+    let dir = h.cfg.run_dir.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let builders: [(&str, &[&str]); 2] = [
+        ("mkfs.erofs", &["IMG", "ROOT"]),
+        ("mkfs.ext4", &["-q", "-F", "-d", "ROOT", "IMG", "32M"]),
+    ];
+    for (tool, args) in builders {
+        let image = dir.join(format!("{tool}.img"));
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match *a {
+                "IMG" => image.display().to_string(),
+                "ROOT" => rootfs().display().to_string(),
+                other => other.to_owned(),
+            })
+            .collect();
+        let built = std::process::Command::new(tool).args(&args).output();
+        if !built.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipping {tool}: not available");
+            continue;
+        }
+        let mut spec = h.spec(&[
+            "sh",
+            "-c",
+            "cat /etc/hostname; grep ' / ' /proc/self/mountinfo",
+        ]);
+        spec.rootfs.lower = image;
+        let (exit, out, err) = h.run(tool.trim_start_matches("mkfs."), &spec);
+        assert_eq!(exit.exit.code, 0, "{tool}: {err}");
+        assert!(
+            out.starts_with("spore\n") && out.contains("overlay"),
+            "{tool}: {out}"
+        );
+    }
 }
 
 /// `cargo test -p spore-agent --test engine -- --ignored --nocapture` prints

@@ -135,6 +135,9 @@ impl Cgroup {
         }
         enable_controllers(root, limits)?;
         let dir = root.join(id);
+        // A directory left by an earlier agent with this id goes if it is
+        // empty; if it still holds processes, creating fails below.
+        let _ = fs::remove_dir(&dir);
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(_) if limits.is_empty() => return Ok(None),

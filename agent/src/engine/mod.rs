@@ -244,30 +244,28 @@ impl Engine {
 
     /// Record a reaped process. `None` when `pid` is none of ours.
     pub fn on_child_exit(&mut self, pid: u32, wait_status: i32) -> Option<ChildExit> {
+        let (id, c) = self.containers.iter_mut().find(|(_, c)| {
+            (c.pid == pid && c.status != ContainerStatus::Exited) || c.execs.contains_key(&pid)
+        })?;
+        let oom = c.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
         let now = exit::now_ms();
-        for (id, c) in &mut self.containers {
-            let oom = c.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
-            if c.pid == pid && c.status != ContainerStatus::Exited {
-                let info = exit::exit_info(wait_status, oom, c.started_at_ms, now);
-                c.status = ContainerStatus::Exited;
-                c.control = None;
-                c.exit = Some(info.clone());
-                return Some(ChildExit {
-                    container: id.clone(),
-                    exec_pid: None,
-                    exit: info,
-                });
-            }
-            if let Some(started) = c.execs.remove(&pid) {
-                let info = exit::exit_info(wait_status, oom, started, now);
-                return Some(ChildExit {
-                    container: id.clone(),
-                    exec_pid: Some(pid),
-                    exit: info,
-                });
-            }
+        if let Some(started) = c.execs.remove(&pid) {
+            let exit = exit::exit_info(wait_status, oom, started, now);
+            return Some(ChildExit {
+                container: id.clone(),
+                exec_pid: Some(pid),
+                exit,
+            });
         }
-        None
+        let exit = exit::exit_info(wait_status, oom, c.started_at_ms, now);
+        c.status = ContainerStatus::Exited;
+        c.control = None;
+        c.exit = Some(exit.clone());
+        Some(ChildExit {
+            container: id.clone(),
+            exec_pid: None,
+            exit,
+        })
     }
 
     /// Kill everything in the container, then remove its cgroup and run
@@ -281,7 +279,7 @@ impl Engine {
         c.control = None;
         let killed = match c.cgroup.take() {
             Some(cgroup) => cgroup.kill_and_remove().map_err(EngineError::from),
-            None => kill_pid_namespace(id, c.pid, c.status),
+            None => kill_pid_namespace(id, &c),
         };
         if let Err(e) = killed {
             // Keep it listed so that delete can be retried.
@@ -293,15 +291,20 @@ impl Engine {
     }
 }
 
-/// Without a cgroup: SIGKILL the init, which takes its whole pid namespace
-/// with it, and wait until it is dead (a zombie counts: the reaper owns it).
-fn kill_pid_namespace(id: &str, pid: u32, status: ContainerStatus) -> Result<(), EngineError> {
-    if status == ContainerStatus::Exited {
+/// Without a cgroup: SIGKILL the init, which makes the kernel kill its whole
+/// pid namespace, and the exec'd processes we know of; wait until the init
+/// is exiting. (An init stays in its exit until the agent's reaper collects
+/// the namespace's processes whose parent is the agent, so waiting for its
+/// zombie here, under the engine's lock, could wait for ever.)
+fn kill_pid_namespace(id: &str, c: &Container) -> Result<(), EngineError> {
+    if c.status == ContainerStatus::Exited {
         return Ok(());
     }
-    let _ = sys::kill(pid, libc::SIGKILL);
+    for &pid in std::iter::once(&c.pid).chain(c.execs.keys()) {
+        let _ = sys::kill(pid, libc::SIGKILL);
+    }
     let deadline = Instant::now() + KILL_TIMEOUT;
-    while alive(pid) {
+    while alive(c.pid) {
         if Instant::now() > deadline {
             return Err(EngineError::KillTimeout(id.to_owned()));
         }
@@ -310,13 +313,24 @@ fn kill_pid_namespace(id: &str, pid: u32, status: ContainerStatus) -> Result<(),
     Ok(())
 }
 
-/// Whether `pid` exists and is not a zombie.
+/// The kernel's "task is exiting" flag in /proc/<pid>/stat.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` exists and has not begun to exit.
 fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name, which may hold spaces.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|s| s != "Z" && s != "X")
+    // Fields follow the parenthesised command name, which may hold spaces:
+    // state is the first, flags the seventh.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields
+        .get(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(PF_EXITING);
+    !matches!(state, "Z" | "X") && flags & PF_EXITING == 0
 }
 
 fn state_of(id: &str, c: &Container) -> ContainerState {

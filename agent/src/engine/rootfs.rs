@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{symlink, FileTypeExt};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT};
@@ -33,6 +33,8 @@ pub enum RootfsError {
     Create(PathBuf, #[source] io::Error),
     #[error("cannot attach image {0} to a loop device")]
     Loop(PathBuf, #[source] io::Error),
+    #[error("rootfs path {0} contains ',' or ':', which overlayfs options cannot carry")]
+    UnsafePath(PathBuf),
     #[error("pivot_root into {0} failed")]
     Pivot(PathBuf, #[source] io::Error),
 }
@@ -157,6 +159,18 @@ pub fn prepare(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
         mkdir(dir)?;
     }
     let lower = lower_dir(run_dir, lower)?;
+    for path in [&lower, &upper, &work] {
+        if path.to_string_lossy().contains([',', ':']) {
+            return Err(RootfsError::UnsafePath(path.clone()));
+        }
+    }
+    // The overlay's root directory takes the upper directory's owner and
+    // mode: make them the image's, not those of a fresh directory.
+    let meta = fs::metadata(&lower).map_err(|e| RootfsError::LowerMissing(lower.clone(), e))?;
+    fs::set_permissions(&upper, meta.permissions())
+        .map_err(|e| RootfsError::Create(upper.clone(), e))?;
+    std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid()))
+        .map_err(|e| RootfsError::Create(upper.clone(), e))?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
@@ -180,14 +194,16 @@ fn lower_dir(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
     let kind = fs::metadata(lower)
         .map_err(|e| RootfsError::LowerMissing(lower.to_owned(), e))?
         .file_type();
-    let device = if kind.is_dir() {
+    // `_loop_dev` holds an auto-clearing loop device until it is mounted.
+    let (device, _loop_dev) = if kind.is_dir() {
         return Ok(lower.to_owned());
     } else if kind.is_block_device() {
-        lower.to_owned()
+        (lower.to_owned(), None)
     } else if kind.is_file() {
         let image = File::open(lower).map_err(|e| RootfsError::Loop(lower.to_owned(), e))?;
-        sys::loop_attach_readonly(image.as_fd())
-            .map_err(|e| RootfsError::Loop(lower.to_owned(), e))?
+        let (path, dev) = sys::loop_attach_readonly(image.as_fd())
+            .map_err(|e| RootfsError::Loop(lower.to_owned(), e))?;
+        (path, Some(dev))
     } else {
         return Err(RootfsError::LowerKind(lower.to_owned()));
     };
