@@ -64,15 +64,19 @@ impl DeviceControl {
     }
 
     /// Asks a vsock device to drop its connections and send the guest a
-    /// TRANSPORT_RESET event, switching to `new_cid` first if given (clone identity).
-    pub fn vsock_transport_reset(&self, new_cid: Option<u64>) -> Result<(), VirtioError> {
+    /// TRANSPORT_RESET event, switching first to `new_cid` and a new host socket at
+    /// `new_uds_path` if given (a clone's identity). The old socket path is left in
+    /// place: after a fork it belongs to the template.
+    pub fn vsock_transport_reset(
+        &self,
+        new_cid: Option<u64>,
+        new_uds_path: Option<&Path>,
+    ) -> Result<(), VirtioError> {
         match self {
-            Self::Vsock(v) => {
-                v.lock()
-                    .expect("vsock device poisoned")
-                    .request_transport_reset(new_cid);
-                Ok(())
-            }
+            Self::Vsock(v) => Ok(v
+                .lock()
+                .expect("vsock device poisoned")
+                .request_transport_reset(new_cid, new_uds_path)?),
             Self::Block(_) => Err(VirtioError::WrongDevice("block")),
             Self::Rng(_) => Err(VirtioError::WrongDevice("rng")),
         }
@@ -228,7 +232,7 @@ mod tests {
         assert!(path.exists());
         // The path is taken: a second device cannot listen there.
         assert!(vsock(&mem, 4, &path).is_err());
-        d.control.vsock_transport_reset(None).unwrap();
+        d.control.vsock_transport_reset(None, None).unwrap();
         assert!(d.control.set_backing(&path, true).is_err());
         drop(d);
         assert!(!path.exists());

@@ -4,7 +4,7 @@
 //! Owns the backing file (`Disk`). Queue handling and interrupts are in `device.rs`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -41,8 +41,9 @@ pub struct Disk {
 impl Disk {
     /// Opens `path`; its size in whole 512-byte sectors is the capacity.
     pub fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let sectors = file.metadata()?.len() / SECTOR_SIZE;
+        let mut file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        // Seeking to the end also sizes block devices, whose metadata length is 0.
+        let sectors = file.seek(SeekFrom::End(0))? / SECTOR_SIZE;
         Ok(Self {
             file,
             path: path.to_owned(),

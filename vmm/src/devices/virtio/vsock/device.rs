@@ -4,14 +4,15 @@
 //! Packet meaning and host sockets are in `host.rs`; event-loop glue in
 //! `event_handler.rs`.
 
-use std::path::Path;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::host::{HostError, HostSide};
+use super::host::{listen, HostError, HostSide};
 use super::packet::{read_packet, PacketError, RxBuffer, MAX_PAYLOAD};
 use crate::devices::virtio::device::{
     check_queues, read_config_bytes, DeviceError, IrqTrigger, VirtioDevice, TYPE_VSOCK,
@@ -33,6 +34,13 @@ pub enum VsockError {
     Queue(#[source] virtio_queue::Error),
 }
 
+/// What a transport reset changes besides dropping connections.
+#[derive(Debug, Default)]
+struct ResetRequest {
+    cid: Option<u64>,
+    listener: Option<(UnixListener, PathBuf)>,
+}
+
 /// The virtio-vsock device.
 pub struct Vsock {
     mem: GuestMemoryMmap,
@@ -42,8 +50,8 @@ pub struct Vsock {
     pub(super) wake_evt: EventFd,
     pub(super) host: HostSide,
     queues: Vec<Queue>,
-    /// A transport reset was asked for; with the new CID if one was given.
-    reset_requested: Option<Option<u64>>,
+    /// A transport reset was asked for.
+    reset_requested: Option<ResetRequest>,
     /// A transport-reset event waits for an event-queue buffer.
     reset_event_pending: bool,
     scratch: Vec<u8>,
@@ -80,29 +88,48 @@ impl Vsock {
     }
 
     /// Asks the event loop to drop every connection and send the guest a
-    /// TRANSPORT_RESET event, first switching to `new_cid` if given (a clone gets a
-    /// fresh CID; Linux rereads the CID on this event). Callable from any thread.
-    pub fn request_transport_reset(&mut self, new_cid: Option<u64>) {
-        self.reset_requested = Some(new_cid);
+    /// TRANSPORT_RESET event (5.10.6.7), first switching to `new_cid` and to a new
+    /// host socket at `new_uds_path` if given: what a clone needs for its own
+    /// identity (Linux rereads the CID on this event). Callable from any thread; the
+    /// new socket is bound here so its errors are reported here.
+    pub fn request_transport_reset(
+        &mut self,
+        new_cid: Option<u64>,
+        new_uds_path: Option<&Path>,
+    ) -> Result<(), VsockError> {
+        let listener = match new_uds_path {
+            Some(p) => Some((listen(p)?, p.to_owned())),
+            None => None,
+        };
+        self.reset_requested = Some(ResetRequest {
+            cid: new_cid,
+            listener,
+        });
         if let Err(e) = self.wake_evt.write(1) {
             log::error!("vsock: cannot wake the event loop: {e}");
         }
+        Ok(())
     }
 
-    /// Does a requested transport reset (on the event-loop thread).
-    pub fn transport_reset_if_requested(&mut self) -> Result<(), VsockError> {
-        let Some(new_cid) = self.reset_requested.take() else {
-            return Ok(());
+    /// Does a requested transport reset (on the event-loop thread). Returns the
+    /// replaced listener, for the caller to take out of epoll.
+    pub fn transport_reset_if_requested(&mut self) -> Result<Option<UnixListener>, VsockError> {
+        let Some(req) = self.reset_requested.take() else {
+            return Ok(None);
         };
         self.host.reset_all();
-        if let Some(cid) = new_cid.filter(|&c| c != self.host.guest_cid) {
+        if let Some(cid) = req.cid.filter(|&c| c != self.host.guest_cid) {
             self.host.guest_cid = cid;
             if self.is_active() {
                 self.irq.config_changed();
             }
         }
+        let old = req
+            .listener
+            .map(|(listener, path)| self.host.replace_listener(listener, path));
         self.reset_event_pending = true;
-        self.process_event_queue()
+        self.process_event_queue()?;
+        Ok(old)
     }
 
     fn is_active(&self) -> bool {

@@ -78,7 +78,19 @@ impl MutEventSubscriber for Vsock {
                     TX_QUEUE => self.process_tx(),
                     EVENT_QUEUE => self.process_event_queue(),
                     RX_QUEUE => Ok(()),
-                    _ => self.transport_reset_if_requested(),
+                    _ => self.transport_reset_if_requested().map(|old| {
+                        if let Some(old) = old {
+                            let _ = ops.remove(Events::empty(&old));
+                            let new = Events::with_data(
+                                &self.host.listener,
+                                TOKEN_LISTENER,
+                                EventSet::IN,
+                            );
+                            if let Err(e) = ops.add(new) {
+                                log::error!("vsock: cannot watch the new listener: {e}");
+                            }
+                        }
+                    }),
                 }
             }
             TOKEN_LISTENER => {

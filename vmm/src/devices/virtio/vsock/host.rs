@@ -63,15 +63,7 @@ pub struct HostSide {
 
 impl HostSide {
     pub fn bind(uds_path: &Path, guest_cid: u64) -> Result<Self, HostError> {
-        let bind = || {
-            let l = UnixListener::bind(uds_path)?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        };
-        let listener = bind().map_err(|source| HostError::Bind {
-            path: uds_path.to_owned(),
-            source,
-        })?;
+        let listener = listen(uds_path)?;
         Ok(Self {
             uds_path: uds_path.to_owned(),
             guest_cid,
@@ -87,6 +79,13 @@ impl HostSide {
 
     pub fn uds_path(&self) -> &Path {
         &self.uds_path
+    }
+
+    /// Serves host clients on `listener` at `uds_path` from now on; returns the old
+    /// listener. The old path is not unlinked: after a fork it is the template's.
+    pub fn replace_listener(&mut self, listener: UnixListener, uds_path: PathBuf) -> UnixListener {
+        self.uds_path = uds_path;
+        std::mem::replace(&mut self.listener, listener)
     }
 
     fn push_control(&mut self, hdr: Header) {
@@ -368,6 +367,19 @@ impl Drop for HostSide {
         // The socket file is ours; leave no stale path for the next VM.
         let _ = std::fs::remove_file(&self.uds_path);
     }
+}
+
+/// A nonblocking listener at `path`.
+pub fn listen(path: &Path) -> Result<UnixListener, HostError> {
+    let bind = || {
+        let l = UnixListener::bind(path)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    bind().map_err(|source| HostError::Bind {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Parses `CONNECT <port>` (the newline already stripped).

@@ -397,14 +397,27 @@ fn garbage_from_the_guest_is_answered_or_dropped() {
 }
 
 #[test]
-fn transport_reset_event_drops_connections_and_changes_cid() {
+fn transport_reset_event_drops_connections_and_changes_identity() {
     let mut g = Guest::new();
     let (mut client, _) = g.host_connect(4096);
     g.queues[2].add_chain(&[wo(0x38_0000, 4)]);
     g.mem
         .write_obj(0xffff_ffffu32, GuestAddress(0x38_0000))
         .unwrap();
-    g.dev.lock().unwrap().request_transport_reset(Some(42));
+    let old_path = g.path.clone();
+    let new_path = unique_path();
+    g.dev
+        .lock()
+        .unwrap()
+        .request_transport_reset(Some(42), Some(&new_path))
+        .unwrap();
+    // The new socket is taken at once: a second request for it fails.
+    assert!(g
+        .dev
+        .lock()
+        .unwrap()
+        .request_transport_reset(None, Some(&new_path))
+        .is_err());
     g.pump();
     assert_eq!(g.queues[2].used_idx(), 1);
     assert_eq!(g.queues[2].used_elem(0).1, 4);
@@ -414,6 +427,15 @@ fn transport_reset_event_drops_connections_and_changes_cid() {
     assert_eq!(u64::from_le_bytes(cid), 42);
     let mut buf = [0u8; 1];
     assert_eq!(client.read(&mut buf).unwrap(), 0);
+    // Host clients now come in through the new socket; the old one is closed.
+    assert!(UnixStream::connect(&old_path).is_err());
+    g.path = new_path.clone();
+    let mut c2 = UnixStream::connect(&new_path).unwrap();
+    c2.write_all(b"CONNECT 7\n").unwrap();
+    g.pump();
+    let (req, _) = g.recv_one();
+    assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 7, 42));
+    let _ = std::fs::remove_file(&old_path);
 }
 
 #[test]
