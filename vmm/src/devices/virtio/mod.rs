@@ -189,8 +189,54 @@ pub fn cmdline_entry(base: u64, irq: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use event_manager::{EventManager, SubscriberOps};
+
     use super::*;
     use crate::bus::BusDevice;
+    use test_utils::*;
+
+    type Em = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    fn reg(d: &VirtioMmioDevice, offset: u64) -> u32 {
+        read_reg(&mut d.transport.lock().unwrap(), offset)
+    }
+
+    #[test]
+    fn rng_serves_the_guest_through_transport_and_event_loop() {
+        let mem = guest_memory();
+        let d = rng(&mem).unwrap();
+        let mut q = TestQueue::new(&mem, 0x1_0000, 16);
+        drive_to_driver_ok(&mut d.transport.lock().unwrap(), VERSION_1, &[&q]);
+        assert!(d.driver_ok.at().is_some());
+        let mut em = Em::new().unwrap();
+        em.add_subscriber(d.subscriber.clone());
+        q.add_chain(&[wo(0x10_0000, 32)]);
+        // QueueNotify through the bus, as without ioeventfd.
+        write_reg(&mut d.transport.lock().unwrap(), 0x50, 0);
+        em.run_with_timeout(1000).unwrap();
+        assert_eq!(q.used_idx(), 1);
+        assert_eq!(q.used_elem(0), (0, 32));
+        assert_eq!(d.irq.read().unwrap(), 1);
+        assert_eq!(reg(&d, 0x60), 1);
+        write_reg(&mut d.transport.lock().unwrap(), 0x64, 1);
+        assert_eq!(reg(&d, 0x60), 0);
+    }
+
+    #[test]
+    fn block_backing_swap_is_a_config_change_for_the_driver() {
+        let mem = guest_memory();
+        let d = block(&mem, Path::new("/dev/null"), true).unwrap();
+        let q = TestQueue::new(&mem, 0x1_0000, 16);
+        drive_to_driver_ok(&mut d.transport.lock().unwrap(), VERSION_1, &[&q]);
+        let generation = reg(&d, 0xfc);
+        let img = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        img.as_file().set_len(1 << 20).unwrap();
+        d.control.set_backing(img.as_path(), true).unwrap();
+        assert_eq!(d.irq.read().unwrap(), 1);
+        assert_eq!(reg(&d, 0x60), 2);
+        assert_eq!(reg(&d, 0xfc), generation + 1);
+        assert_eq!(reg(&d, 0x100), 2048);
+    }
 
     #[test]
     fn cmdline_entry_format() {
