@@ -80,7 +80,7 @@ impl Disk {
     /// Byte offset of `sector` if `len` bytes from there fit in the disk.
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let len = len as u64;
-        if !len.is_multiple_of(SECTOR_SIZE) {
+        if len % SECTOR_SIZE != 0 {
             return None;
         }
         let end = sector.checked_add(len / SECTOR_SIZE)?;

@@ -343,7 +343,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Control registers are 32 bits wide and aligned (4.2.2.2).
-        if data.len() != 4 || !offset.is_multiple_of(4) {
+        if data.len() != 4 || offset % 4 != 0 {
             log::warn!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
             data.fill(0);
             return;
@@ -360,7 +360,7 @@ impl BusDevice for MmioTransport {
             log::warn!("virtio-mmio: {}-byte write at {offset:#x}", data.len());
             return;
         };
-        if !offset.is_multiple_of(4) {
+        if offset % 4 != 0 {
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
