@@ -269,9 +269,25 @@ fn wait_for_path(path: &Path, child: &mut ChildGuard, timeout: Duration) {
 /// bridges vsock to unix sockets with the same conventions as spore's device.
 #[test]
 fn test_guest_passes_under_qemu() {
-    let (qemu, vhost) = skip_unless!(qemu_tools());
+    let tools = skip_unless!(qemu_tools());
+    run_under_qemu(tools, "tcg");
+}
+
+/// The same under QEMU with the host's KVM: on a kvm_pvm host the guest's code
+/// then runs in KVM's instruction emulator, as it does under spore's VMM.
+#[test]
+fn test_guest_passes_under_qemu_with_kvm() {
+    let tools = skip_unless!(qemu_tools());
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: no /dev/kvm");
+        return;
+    }
+    run_under_qemu(tools, "kvm");
+}
+
+fn run_under_qemu((qemu, vhost): (PathBuf, PathBuf), accel: &str) {
     let guest = build_guest(true);
-    let host = HostSide::new("spore-tg-qemu");
+    let host = HostSide::new(&format!("spore-tg-qemu-{accel}"));
     let dir = host.dir.path();
     let vhost_sock = dir.join("vhost.sock");
     let serial = dir.join("serial.log");
