@@ -10,3 +10,8 @@ pub mod spec;
 pub mod sys;
 pub mod unpack;
 pub mod whiteout;
+pub mod archive;
+pub mod docker;
+pub mod fsimage;
+pub mod layout;
+pub mod mount;
