@@ -4,6 +4,18 @@
 //! Owns device state and queue processing. Does not own KVM wiring: the VMM builder
 //! puts each `VirtioMmioDevice` on the MMIO bus, registers its queue eventfds as
 //! ioeventfds, its irq eventfd as an irqfd, and runs the event loop.
+//!
+//! What a driver must do (the devices are strict; virtio 1.2 sections 3.1.1, 4.2):
+//! - use 32-bit aligned accesses for registers below 0x100 (config space: any width);
+//! - set status bits in order (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK), never
+//!   clear one except by writing 0 (reset); write features between DRIVER and
+//!   FEATURES_OK and acknowledge VIRTIO_F_VERSION_1; only offered bits are accepted;
+//! - configure queues between FEATURES_OK and DRIVER_OK: a power-of-two size up to
+//!   QueueNumMax, addresses inside guest memory, then QueueReady = 1. *Every* queue
+//!   of the device must be ready at DRIVER_OK (vsock: rx, tx and event), otherwise
+//!   the device sets DEVICE_NEEDS_RESET and raises a config-change interrupt;
+//! - notify by writing the queue index to QueueNotify (0x50);
+//! - vsock: receive buffers of at least 44 bytes (the header), event buffers of 4.
 
 pub mod block;
 pub mod device;
