@@ -71,6 +71,13 @@ pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
         .map(drop)
 }
 
+/// chroot(2).
+pub fn chroot(path: &Path) -> io::Result<()> {
+    let path = cpath(path)?;
+    // SAFETY: `path` is a valid C string for the duration of the call.
+    check(unsafe { libc::chroot(path.as_ptr()) }.into()).map(drop)
+}
+
 /// unshare(2).
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare takes no pointers.

@@ -218,6 +218,29 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
     assert_eq!(ifaces, vec!["lo"]);
 }
 
+/// The no-pivot_root path (MS_MOVE + chroot, for an agent running from an
+/// initramfs) isolates as well: the isolation test again, in a fresh test
+/// process with the engine's knob set.
+#[test]
+fn without_pivot_root_the_container_is_isolated_too() {
+    if !is_root() {
+        return;
+    }
+    let name = "container_sees_its_own_pid_hostname_mounts_and_network";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env(spore_agent::engine::NO_PIVOT_ENV, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
+
 #[test]
 fn exit_codes_and_signals_are_reported_docker_style() {
     let Some(mut h) = Harness::new("exit") else {

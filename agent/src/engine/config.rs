@@ -32,6 +32,9 @@ pub struct CreateConfig {
     /// The overlayfs lower layer: a directory, a block device or an image file.
     pub lower: PathBuf,
     pub hostname: String,
+    /// Enter the root with MS_MOVE + chroot instead of pivot_root, as
+    /// `runc --no-pivot` does (for agents whose own root is an initramfs).
+    pub no_pivot: bool,
     pub process: ProcessConfig,
 }
 

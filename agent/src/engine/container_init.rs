@@ -22,18 +22,22 @@ pub fn run(
     cfg: CreateConfig,
     pipes: Vec<OwnedFd>,
 ) -> Result<Infallible, Stage2Error> {
-    let root = rootfs::prepare(&cfg.run_dir, &cfg.lower)?; //          1. overlay root
-    rootfs::mount_system(&root)?; //                                    2. /proc /dev /sys
-    rootfs::pivot(&root)?; //                                           3. pivot_root
-    rootfs::restrict_kernel_interfaces()?; //                           4. masked paths
-    sys::loopback_up().map_err(Stage2Error::Loopback)?; //              5. network: lo
-    sys::sethostname(&cfg.hostname).map_err(Stage2Error::Hostname)?; // 6. hostname
-    let master = stdio::attach(cfg.process.tty, pipes)?; //             7. stdio
-    let prepared = process::prepare(&cfg.process)?; //                  8. user, env, argv
-    process::apply_credentials(&prepared)?; //                          9. cwd, creds, caps
-    report_ready(chan, master)?; //                                    10. ready
-    wait_for_start(chan)?; //                                          11. wait for start
-    Err(process::exec(&prepared).into()) //                            12. exec
+    // 1-4. root filesystem: overlay, system mounts, pivot_root, masked paths
+    let root = rootfs::prepare(&cfg.run_dir, &cfg.lower)?;
+    rootfs::mount_system(&root)?;
+    rootfs::pivot(&root, cfg.no_pivot)?;
+    rootfs::restrict_kernel_interfaces()?;
+    // 5-6. network and identity
+    sys::loopback_up().map_err(Stage2Error::Loopback)?;
+    sys::sethostname(&cfg.hostname).map_err(Stage2Error::Hostname)?;
+    // 7-9. the process: stdio, user/env/argv, cwd/credentials/capabilities
+    let master = stdio::attach(cfg.process.tty, pipes)?;
+    let prepared = process::prepare(&cfg.process)?;
+    process::apply_credentials(&prepared)?;
+    // 10-12. report, wait for start, exec
+    report_ready(chan, master)?;
+    wait_for_start(chan)?;
+    Err(process::exec(&prepared).into())
 }
 
 /// Tell the engine we are set up, handing over the pty master if any; our

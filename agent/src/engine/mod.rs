@@ -36,6 +36,11 @@ pub use self::stage2::{stage2_main, STAGE2_ARG};
 use crate::protocol::spec::{ContainerSpec, ContainerState, ContainerStatus, ExecSpec, ExitInfo};
 use crate::sys;
 
+/// `SPORE_NO_PIVOT=1` in the agent's environment makes containers enter
+/// their root with MS_MOVE + chroot instead of pivot_root (`runc --no-pivot`).
+/// The engine falls back to that by itself where pivot_root cannot work.
+pub const NO_PIVOT_ENV: &str = "SPORE_NO_PIVOT";
+
 /// How long `delete` waits for a container without a cgroup to die.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -107,6 +112,8 @@ struct Container {
 /// All containers of this agent.
 pub struct Engine {
     cfg: EngineConfig,
+    /// [`NO_PIVOT_ENV`] was set: enter roots without pivot_root.
+    no_pivot: bool,
     containers: BTreeMap<String, Container>,
 }
 
@@ -123,6 +130,7 @@ impl Engine {
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| EngineError::RunDir(cfg.run_dir.clone(), e))?;
         Ok(Engine {
+            no_pivot: std::env::var_os(NO_PIVOT_ENV).is_some_and(|v| v == "1"),
             cfg,
             containers: BTreeMap::new(),
         })
@@ -157,6 +165,7 @@ impl Engine {
                     run_dir: run_dir.clone(),
                     lower: spec.rootfs.lower.clone(),
                     hostname: spec.hostname.clone().unwrap_or_else(|| id.to_owned()),
+                    no_pivot: self.no_pivot,
                     process: process_config(spec, None),
                 });
                 Ok(spawn::spawn(

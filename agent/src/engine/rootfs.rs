@@ -262,14 +262,84 @@ fn create_device(path: &Path, major: u32, minor: u32) -> Result<(), RootfsError>
 }
 
 /// Make `root` the root directory and detach the old root entirely.
-pub fn pivot(root: &Path) -> Result<(), RootfsError> {
+///
+/// pivot_root cannot leave an initramfs (the namespace's root mount has no
+/// parent: EINVAL); then, or when `no_pivot` asks for it, [`move_root`].
+pub fn pivot(root: &Path, no_pivot: bool) -> Result<(), RootfsError> {
     let fail = |e| RootfsError::Pivot(root.to_owned(), e);
     std::env::set_current_dir(root).map_err(fail)?;
     // pivot_root(".", ".") stacks the old root on top of the new one; the
     // detach then removes it without needing a put_old directory.
-    sys::pivot_root(Path::new("."), Path::new(".")).map_err(fail)?;
-    sys::umount2(Path::new("."), libc::MNT_DETACH).map_err(fail)?;
+    let pivoted = if no_pivot {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    } else {
+        sys::pivot_root(Path::new("."), Path::new("."))
+    };
+    match pivoted {
+        Ok(()) => sys::umount2(Path::new("."), libc::MNT_DETACH).map_err(fail)?,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => move_root(root)?,
+        Err(e) => return Err(fail(e)),
+    }
     std::env::set_current_dir("/").map_err(fail)
+}
+
+/// runc's `--no-pivot` way: detach every mount that is neither `root`, below
+/// it, nor one of its ancestors, move `root` over `/`, and chroot into it.
+/// Weaker than pivot_root (the ancestors stay in the mount table, hidden
+/// below the new root), so it is only the fallback.
+fn move_root(root: &Path) -> Result<(), RootfsError> {
+    let fail = |e| RootfsError::Pivot(root.to_owned(), e);
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(fail)?;
+    for target in foreign_mounts(&mountinfo, root) {
+        // A mount below one detached earlier is already gone.
+        let _ = sys::umount2(&target, libc::MNT_DETACH);
+    }
+    sys::mount(
+        Some(Path::new(".")),
+        Path::new("/"),
+        None,
+        libc::MS_MOVE,
+        None,
+    )
+    .map_err(fail)?;
+    sys::chroot(Path::new(".")).map_err(fail)
+}
+
+/// Mount points of a mountinfo listing unrelated to `root`, deepest first.
+fn foreign_mounts(mountinfo: &str, root: &Path) -> Vec<PathBuf> {
+    let mut targets: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|t| PathBuf::from(unescape_mountinfo(t)))
+        .filter(|t| !t.starts_with(root) && !root.starts_with(t))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    targets.dedup();
+    targets
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(pos) = rest.find('\\') {
+        out.push_str(&rest[..pos]);
+        let code = rest
+            .get(pos + 1..pos + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[pos + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[pos + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Hide and write-protect the kernel interfaces docker hides (after pivot).
@@ -329,6 +399,30 @@ mod tests {
             assert!(DEVICES.iter().any(|d| d.0 == name), "{name}");
         }
         assert!(DEV_LINKS.contains(&("ptmx", "pts/ptmx")));
+    }
+
+    #[test]
+    fn only_unrelated_mounts_are_detached_deepest_first() {
+        let info = "1 0 0:1 / / rw - rootfs rootfs rw\n\
+                    2 1 0:2 / /proc rw - proc proc rw\n\
+                    3 1 0:3 / /run rw - tmpfs tmpfs rw\n\
+                    4 3 0:4 / /run/c1 rw - tmpfs tmpfs rw\n\
+                    5 4 0:5 / /run/c1/merged rw - overlay overlay rw\n\
+                    6 5 0:6 / /run/c1/merged/proc rw - proc proc rw\n\
+                    7 2 0:7 / /proc/sys/fs/binfmt_misc rw - binfmt binfmt rw\n\
+                    8 1 0:8 / /my\\040disk rw - ext4 /dev/vdb rw\n";
+        let got = foreign_mounts(info, Path::new("/run/c1/merged"));
+        let want: Vec<PathBuf> = ["/proc/sys/fs/binfmt_misc", "/proc", "/my disk"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn mountinfo_escapes_decode() {
+        assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d"), "a b\tc\\d");
+        assert_eq!(unescape_mountinfo("plain\\x"), "plain\\x");
     }
 
     #[test]
