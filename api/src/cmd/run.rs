@@ -1,0 +1,266 @@
+//! `spore run`: run a command in a new sandbox, docker style. Output streams as
+//! it comes, the exit code is the command's (125 when spore itself failed, as
+//! docker does). With `--rm` it is the API's one-call `run`; without, the sandbox
+//! stays for `spore ps -a` / `spore logs` until `spore rm`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::backend::Isolation;
+use crate::client::{print_output, ClientError, DaemonClient};
+use crate::server::http::FrameKind;
+
+/// Exit code when spore, not the command, failed (docker's convention).
+pub const SPORE_FAILED: i32 = 125;
+
+/// Flags shared by the commands that talk to the daemon.
+#[derive(Args, Clone)]
+pub struct DaemonArgs {
+    /// The daemon's socket [default: $SPORE_SOCKET, else $SPORE_RUN_DIR/spore.sock,
+    /// else /run/spore/spore.sock]. A daemon is started there if none answers.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    pub fn client(&self) -> Result<DaemonClient, ClientError> {
+        let socket = self
+            .socket
+            .clone()
+            .unwrap_or_else(crate::server::default_socket);
+        DaemonClient::connect_or_start(&socket)
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Remove the sandbox when the command ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the sandbox id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Send this process's standard input to the command (read to its end first).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command a pseudo-terminal (one output stream).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// uid[:gid] or user[:group] inside the container.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Memory limit, e.g. 256m.
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 0.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Process-count limit.
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Kill the command after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// vm (the default: its own microVM) or process (the agent's namespaces on
+    /// this host; trusted workloads only).
+    #[arg(long)]
+    pub isolation: Option<Isolation>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Image (`busybox` until OCI images land).
+    pub image: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    fn spec(&self) -> anyhow::Result<Value> {
+        let mut limits = serde_json::Map::new();
+        if let Some(m) = &self.memory {
+            limits.insert("memory".into(), json!(m));
+        }
+        if let Some(c) = self.cpus {
+            limits.insert("cpus".into(), json!(c));
+        }
+        if let Some(p) = self.pids_limit {
+            limits.insert("pids".into(), json!(p));
+        }
+        let mut spec = json!({
+            "image": self.image,
+            "argv": self.command,
+            "env": self.env,
+            "limits": limits,
+            "tty": self.tty,
+        });
+        let optional = [
+            ("cwd", self.workdir.as_ref().map(|w| json!(w))),
+            ("user", self.user.as_ref().map(|u| json!(u))),
+            ("timeout", self.timeout.map(|t| json!(t))),
+            ("isolation", self.isolation.map(|i| json!(i))),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                spec[key] = v;
+            }
+        }
+        if self.interactive {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input)?;
+            spec["stdin"] = json!(String::from_utf8_lossy(&input));
+        }
+        Ok(spec)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let spec = args.spec()?;
+    let client = args.daemon.client()?;
+    let result = if args.rm && !args.detach {
+        run_and_remove(&client, &spec)
+    } else {
+        run_and_keep(&client, &spec, args.detach)
+    };
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("spore: {}", error_chain(&e));
+            Ok(SPORE_FAILED)
+        }
+    }
+}
+
+/// `POST /v1/run?stream=1`: output as it comes, then the exit.
+fn run_and_remove(client: &DaemonClient, spec: &Value) -> Result<i32, ClientError> {
+    let mut code = None;
+    client.stream("POST", "/v1/run?stream=1", Some(spec), &mut |kind, data| {
+        match kind {
+            FrameKind::Exit => code = Some(exit_code_of(data)),
+            FrameKind::Error => code = Some(report_error_frame(data)),
+            _ => print_output(kind, data)?,
+        }
+        Ok(())
+    })?;
+    Ok(code.unwrap_or_else(|| {
+        eprintln!("spore: the daemon ended the stream without an exit code");
+        SPORE_FAILED
+    }))
+}
+
+/// Create, follow its logs, then its exit code; the sandbox stays.
+fn run_and_keep(client: &DaemonClient, spec: &Value, detach: bool) -> Result<i32, ClientError> {
+    let created = client.call("POST", "/v1/sandboxes", Some(spec))?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    if detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    client.stream(
+        "GET",
+        &format!("/v1/sandboxes/{id}/logs?follow=1"),
+        None,
+        &mut |kind, data| print_output(kind, data),
+    )?;
+    let rec = client.call("POST", &format!("/v1/sandboxes/{id}/wait"), None)?;
+    Ok(record_exit_code(&rec))
+}
+
+/// The exit code a finished sandbox record stands for.
+pub fn record_exit_code(rec: &Value) -> i32 {
+    if let Some(code) = rec["exit_code"].as_i64() {
+        return code as i32;
+    }
+    if let Some(err) = rec["error"].as_str() {
+        eprintln!("spore: sandbox failed: {err}");
+    }
+    SPORE_FAILED
+}
+
+fn exit_code_of(data: &[u8]) -> i32 {
+    let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+    record_exit_code(&v)
+}
+
+/// Prints an error frame's message; returns the exit code for it.
+pub fn report_error_frame(data: &[u8]) -> i32 {
+    let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+    eprintln!(
+        "spore: {}",
+        v["message"]
+            .as_str()
+            .unwrap_or("the daemon reported an error")
+    );
+    SPORE_FAILED
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn flags_become_a_spec() {
+        let cli = Cli::parse_from([
+            "run",
+            "--rm",
+            "-e",
+            "A=1",
+            "--memory",
+            "256m",
+            "--cpus",
+            "1",
+            "--isolation",
+            "process",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hi",
+        ]);
+        let spec = cli.run.spec().unwrap();
+        assert_eq!(spec["image"], "busybox");
+        assert_eq!(spec["argv"], json!(["sh", "-c", "echo hi"]));
+        assert_eq!(spec["env"], json!(["A=1"]));
+        assert_eq!(spec["limits"]["memory"], "256m");
+        assert_eq!(spec["limits"]["cpus"], 1.0);
+        assert_eq!(spec["isolation"], "process");
+        assert!(spec.get("cwd").is_none());
+        assert!(cli.run.rm);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(record_exit_code(&json!({"exit_code": 3})), 3);
+        assert_eq!(
+            record_exit_code(&json!({"error": "agent died"})),
+            SPORE_FAILED
+        );
+        assert_eq!(exit_code_of(br#"{"exit_code":0}"#), 0);
+    }
+}

@@ -1,0 +1,224 @@
+//! Creating a sandbox: validate → refuse what this host cannot do → directory and
+//! log → start the agent → create, attach and start the container → hand the
+//! output to a pump thread, the agent to a watcher, the deadline to a timer.
+//!
+//! A sandbox that cannot be created leaves nothing behind: its agent is stopped,
+//! its cgroup and directory removed, and the error goes back to the caller.
+
+use std::fs;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use spore_agent::protocol::client::Attach;
+use spore_agent::protocol::messages::{AttachFrame, Stream};
+
+use super::output::OutputLog;
+use super::sandbox::{now_ms, Record, Sandbox, SandboxState};
+use super::spec::SandboxSpec;
+use super::{images, templates, Supervisor, SupervisorError};
+use crate::backend::{vm, BackendError, Isolation};
+use crate::server::http::FrameKind;
+
+impl Supervisor {
+    /// Creates and starts a sandbox; returns once its process runs.
+    pub fn create(
+        self: &Arc<Self>,
+        spec: &SandboxSpec,
+        auto_remove: bool,
+    ) -> Result<Arc<Sandbox>, SupervisorError> {
+        let t0 = Instant::now();
+        // 1. Validate the spec; resolve its image and template.
+        let plan = spec.validate(self.config.default_isolation, images::resolve)?;
+        templates::exists(&plan.template)?;
+        // 2. vm isolation: refused here with the reason (clones land with issue 4).
+        if plan.isolation == Isolation::Vm {
+            vm::check()?;
+        }
+        // 3. An id, a directory, an output log.
+        let id = super::new_id();
+        let dir = self.sandboxes_dir().join(&id);
+        let io = |what, source| SupervisorError::Io {
+            what,
+            path: dir.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
+        let log =
+            OutputLog::create(&dir.join("output.log")).map_err(|e| io("create a log in", e))?;
+        let isolation = plan.isolation.to_string();
+        let sb = Arc::new(Sandbox::new(
+            dir.clone(),
+            Record::new(&id, plan, auto_remove),
+            log,
+        ));
+        sb.update(|_| {});
+        self.insert(sb.clone());
+        // 4. Start the agent and the container.
+        let attach = match start_process_sandbox(self, &sb) {
+            Ok(attach) => attach,
+            Err(e) => {
+                self.discard(&sb);
+                return Err(e);
+            }
+        };
+        let elapsed = t0.elapsed();
+        sb.update(|r| {
+            r.state = SandboxState::Running;
+            r.started_at_ms = Some(now_ms());
+            r.create_ms = Some(elapsed.as_secs_f64() * 1000.0);
+        });
+        self.metrics.observe_create(&isolation, elapsed);
+        // 5. Output, agent death and the deadline each get a thread.
+        spawn_named("pump", {
+            let (sup, sb) = (self.clone(), sb.clone());
+            move || pump(&sup, &sb, attach)
+        });
+        spawn_named("watch", {
+            let (sup, sb) = (self.clone(), sb.clone());
+            move || watch_agent(&sup, &sb)
+        });
+        if let Some(ms) = sb.record().plan.timeout_ms {
+            spawn_named("timeout", {
+                let sb = sb.clone();
+                move || enforce_timeout(&sb, Duration::from_millis(ms))
+            });
+        }
+        Ok(sb)
+    }
+
+    /// Removes a sandbox that never ran: agent, cgroup, directory, table entry.
+    fn discard(&self, sb: &Sandbox) {
+        sb.update(|r| r.state = SandboxState::Deleting);
+        if let Some(agent) = sb.agent.get() {
+            agent.stop();
+            agent.wait_exit();
+            agent.cleanup_cgroup();
+        }
+        sb.log.close();
+        let _ = fs::remove_dir_all(&sb.dir);
+        self.forget(&sb.id);
+    }
+}
+
+fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
+    // A failed spawn leaves the sandbox without that helper; the others still run.
+    let _ = thread::Builder::new()
+        .name(format!("sandbox-{name}"))
+        .spawn(f);
+}
+
+/// Steps 4a–4e: agent, hello, create, attach, start.
+fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, SupervisorError> {
+    let plan = sb.record().plan;
+    let backend = sup.process_backend()?;
+    let agent = backend.spawn(&sb.id, &sb.dir)?;
+    let pid = agent.pid;
+    let agent = sb.agent.get_or_init(|| agent);
+    sb.update(|r| r.agent_pid = Some(pid));
+    let mut client = agent.client()?;
+    client
+        .create(&sb.id, &plan.container)
+        .map_err(BackendError::from)?;
+    let attach = client.attach(&sb.id, None).map_err(BackendError::from)?;
+    if let Some(data) = plan.stdin {
+        // Written by a helper thread: the process may fill its output pipe before
+        // it reads all its input, and the pump must be reading by then.
+        let mut input = attach.try_clone().map_err(BackendError::from)?;
+        spawn_named("stdin", move || {
+            let _ = input.write_stdin(data.as_bytes());
+            let _ = input.close_stdin();
+        });
+    }
+    client.start(&sb.id).map_err(BackendError::from)?;
+    Ok(attach)
+}
+
+/// Copies the main process's output into the log until it ends, then records
+/// its exit. Removes the sandbox afterwards if it was created with auto-remove.
+fn pump(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>, mut attach: Attach) {
+    let mut open = if attach.tty() { 1 } else { 2 };
+    let mut broken = None;
+    while open > 0 {
+        match attach.next_frame() {
+            Ok(Some(AttachFrame::Output(stream, data))) => {
+                let kind = match stream {
+                    Stream::Stdout => FrameKind::Stdout,
+                    Stream::Stderr => FrameKind::Stderr,
+                };
+                if let Err(e) = sb.log.append(kind, &data) {
+                    broken = Some(format!("cannot write the output log: {e}"));
+                    break;
+                }
+            }
+            Ok(Some(AttachFrame::Eof(_))) => open -= 1,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                broken = Some("the agent closed the output stream".to_owned());
+                break;
+            }
+            Err(e) => {
+                broken = Some(format!("reading output from the agent: {e}"));
+                break;
+            }
+        }
+    }
+    drop(attach);
+    let exit = match broken {
+        Some(why) => Err(why),
+        None => sb
+            .agent
+            .get()
+            .ok_or_else(|| "no agent".to_owned())
+            .and_then(|a| a.client().map_err(|e| e.to_string()))
+            .and_then(|mut c| c.wait(&sb.id, None).map_err(|e| e.to_string())),
+    };
+    match exit {
+        Ok(exit) => sb.update(|r| r.set_exit(&exit)),
+        Err(why) => sb.update(|r| r.set_failed(why)),
+    }
+    sb.log.close();
+    if sb.record().auto_remove && sb.state().is_finished() {
+        let _ = sup.delete(&sb.id, true);
+    }
+}
+
+/// Waits for the agent process to end. If that happens while the sandbox is not
+/// being deleted, the sandbox failed: record it and clean up what the agent left.
+fn watch_agent(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>) {
+    let Some(agent) = sb.agent.get() else {
+        return;
+    };
+    let how = agent.wait_exit();
+    if sb.state() == SandboxState::Deleting {
+        return;
+    }
+    sb.update(|r| {
+        r.set_failed(format!(
+            "its agent process (pid {}) ended: {how}",
+            agent.pid
+        ))
+    });
+    sb.log.close();
+    agent.cleanup_cgroup();
+    let _ = fs::remove_file(sb.dir.join("agent.sock"));
+    if sb.record().auto_remove {
+        let _ = sup.delete(&sb.id, true);
+    }
+}
+
+/// Kills the main process if it still runs after `limit`.
+fn enforce_timeout(sb: &Sandbox, limit: Duration) {
+    let rec = sb.wait_until(Some(limit), |s| {
+        s.is_finished() || s == SandboxState::Deleting
+    });
+    if rec.state != SandboxState::Running {
+        return;
+    }
+    sb.update(|r| r.exit_reason = Some("timeout".into()));
+    if let Some(agent) = sb.agent.get() {
+        if let Ok(mut c) = agent.client() {
+            let _ = c.signal(&sb.id, libc::SIGKILL);
+        }
+    }
+}
