@@ -249,6 +249,44 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
     Ok((len, fds))
 }
 
+/// A sealed, close-on-exec in-memory copy of `source`: nobody, not even a
+/// process that executes it, can change its contents.
+pub fn sealed_memfd_copy(name: &str, source: &Path) -> io::Result<OwnedFd> {
+    let name = cstr(name)?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: `name` is a valid C string for the duration of the call.
+    let raw = check(unsafe { libc::memfd_create(name.as_ptr(), flags) }.into())?;
+    // SAFETY: memfd_create returned a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let mut file = std::fs::File::from(fd);
+    io::copy(&mut std::fs::File::open(source)?, &mut file)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS takes an integer argument; `file` is open.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) }.into())?;
+    Ok(file.into())
+}
+
+/// Set how long a receive on `sock` may block before failing with `WouldBlock`.
+pub fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: SO_RCVTIMEO reads a timeval of `len` bytes from `tv`, which
+    // outlives the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            len,
+        )
+    };
+    check(ret.into()).map(drop)
+}
+
 /// Duplicate `fd` onto the lowest free descriptor >= `min`, close-on-exec.
 pub fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC takes an integer argument; `fd` is open.
@@ -557,6 +595,25 @@ mod tests {
         let mut buf = [0u8; 16];
         let (len, fds) = recv_with_fds(b.as_fd(), &mut buf).unwrap();
         assert_eq!((len, fds.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_sealed_copy_cannot_be_written() {
+        use std::io::Write;
+        let fd = sealed_memfd_copy("test", Path::new("/proc/self/exe")).unwrap();
+        let exe_len = std::fs::metadata("/proc/self/exe").unwrap().len();
+        let mut file = std::fs::File::from(fd);
+        assert_eq!(file.metadata().unwrap().len(), exe_len);
+        let err = file.write_all(b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_receive_timeout_expires() {
+        let (_a, b) = seqpacket_pair().unwrap();
+        set_recv_timeout(b.as_fd(), std::time::Duration::from_millis(10)).unwrap();
+        let err = recv_with_fds(b.as_fd(), &mut [0u8; 4]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

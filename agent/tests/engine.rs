@@ -183,7 +183,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
     let mut spec = h.spec(&[
         "sh",
         "-c",
-        "echo $$; hostname; cat /proc/self/mountinfo; echo NET; cat /proc/net/dev",
+        "echo $$; hostname; grep ^0:: /proc/self/cgroup; cat /proc/self/mountinfo; echo NET; cat /proc/net/dev",
     ]);
     spec.hostname = Some("box".into());
     let (exit, out, err) = h.run("iso", &spec);
@@ -191,6 +191,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("1"), "{out}");
     assert_eq!(lines.next(), Some("box"));
+    assert_eq!(lines.next(), Some("0::/"), "cgroup namespace");
     let (mounts, net) = out.split_once("NET\n").unwrap();
     let allowed = [
         "/",
@@ -201,7 +202,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
         "/dev/mqueue",
         "/sys",
     ];
-    for line in mounts.lines().skip(2) {
+    for line in mounts.lines().skip(3) {
         let target = line.split_whitespace().nth(4).unwrap();
         let masked = target.starts_with("/proc/") || target.starts_with("/sys/");
         assert!(
@@ -542,6 +543,12 @@ fn delete_leaves_no_process_mount_cgroup_or_fd() {
     // A container deleted before it started: its waiting init just goes.
     let io = h.engine.create("never", &h.spec(&["true"])).unwrap();
     let pid = h.engine.state("never").unwrap().pid;
+    // Until it execs, the init runs the sealed copy, not the binary on disk.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:spore-stage2"),
+        "{exe:?}"
+    );
     h.engine.delete("never").unwrap();
     sys::waitpid(pid).unwrap();
     assert!(!Path::new(&format!("/proc/{pid}")).exists());

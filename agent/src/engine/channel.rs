@@ -17,6 +17,8 @@ const MAX_MESSAGE: usize = 128 * 1024;
 pub enum ChannelError {
     #[error("control socket I/O failed")]
     Io(#[source] std::io::Error),
+    #[error("timed out waiting for the container process")]
+    Timeout,
     #[error("malformed control message")]
     Json(#[source] serde_json::Error),
 }
@@ -43,7 +45,11 @@ impl Channel {
     /// since the socket is close-on-exec).
     pub fn recv<T: DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let (len, fds) = sys::recv_with_fds(self.fd.as_fd(), &mut buf).map_err(ChannelError::Io)?;
+        let (len, fds) =
+            sys::recv_with_fds(self.fd.as_fd(), &mut buf).map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock => ChannelError::Timeout,
+                _ => ChannelError::Io(e),
+            })?;
         if len == 0 {
             return Ok(None);
         }

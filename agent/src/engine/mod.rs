@@ -22,8 +22,9 @@ mod stdio;
 mod user;
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use self::caps::default_mask as default_capability_mask;
@@ -58,6 +59,8 @@ pub enum EngineError {
     NotRunning(String),
     #[error("cannot create the run directory {0}")]
     RunDir(PathBuf, #[source] std::io::Error),
+    #[error("cannot make the sealed copy of the agent binary for stage 2")]
+    Stage2Binary(#[source] std::io::Error),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -112,6 +115,10 @@ struct Container {
 /// All containers of this agent.
 pub struct Engine {
     cfg: EngineConfig,
+    /// Stage 2 runs from this sealed in-memory copy of the agent binary, so
+    /// a container process can never reach (and overwrite) the binary on
+    /// disk through /proc/<pid>/exe (CVE-2019-5736).
+    stage2_exe: OwnedFd,
     /// [`NO_PIVOT_ENV`] was set: enter roots without pivot_root.
     no_pivot: bool,
     containers: BTreeMap<String, Container>,
@@ -129,11 +136,20 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| EngineError::RunDir(cfg.run_dir.clone(), e))?;
+        let stage2_exe = sys::sealed_memfd_copy("spore-stage2", Path::new("/proc/self/exe"))
+            .map_err(EngineError::Stage2Binary)?;
         Ok(Engine {
+            stage2_exe,
             no_pivot: std::env::var_os(NO_PIVOT_ENV).is_some_and(|v| v == "1"),
             cfg,
             containers: BTreeMap::new(),
         })
+    }
+
+    /// Where a child finds the sealed stage 2 binary: our descriptor, which
+    /// it holds (close-on-exec) until its execve has opened it.
+    fn stage2_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.stage2_exe.as_raw_fd()))
     }
 
     fn get(&self, id: &str) -> Result<&Container, EngineError> {
@@ -169,6 +185,7 @@ impl Engine {
                     process: process_config(spec, None),
                 });
                 Ok(spawn::spawn(
+                    &self.stage2_path(),
                     &request,
                     spec.tty,
                     spec.stdin,
@@ -225,7 +242,13 @@ impl Engine {
             target_pid: c.pid,
             process: process_config(&c.spec, Some(spec)),
         });
-        let spawned = spawn::spawn(&request, spec.tty, spec.stdin, c.cgroup.as_ref())?;
+        let spawned = spawn::spawn(
+            &self.stage2_path(),
+            &request,
+            spec.tty,
+            spec.stdin,
+            c.cgroup.as_ref(),
+        )?;
         self.get_mut(id)?.execs.insert(spawned.pid, exit::now_ms());
         spawn::await_exec(&spawned.chan)?;
         Ok((spawned.pid, spawned.io))

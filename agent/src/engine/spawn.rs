@@ -6,7 +6,9 @@
 //! call); the container's processes are reaped by the agent's reaper.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::cgroup::{Cgroup, CgroupError};
 use super::channel::{Channel, ChannelError};
@@ -15,11 +17,14 @@ use super::stage2::STAGE2_ARG;
 use super::ContainerIo;
 use crate::sys;
 
+/// How long container setup, and then its exec, may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot create the stdio pipes or control socket")]
     Pipes(#[source] std::io::Error),
-    #[error("cannot start stage 2 (/proc/self/exe)")]
+    #[error("cannot start stage 2")]
     Exec(#[source] std::io::Error),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -71,6 +76,7 @@ fn pipes(stdin: bool) -> std::io::Result<Pipes> {
 /// Start stage 2 for `request` and wait until the process it forks is set
 /// up (for create: blocked before exec, waiting for start).
 pub fn spawn(
+    stage2_exe: &Path,
     request: &Request,
     tty: bool,
     stdin: bool,
@@ -78,6 +84,8 @@ pub fn spawn(
 ) -> Result<Spawned, SpawnError> {
     let (ours, theirs) = sys::seqpacket_pair().map_err(SpawnError::Pipes)?;
     let chan = Channel::new(ours);
+    // A container whose setup hangs must not hold the engine for ever.
+    sys::set_recv_timeout(chan.as_fd(), SETUP_TIMEOUT).map_err(SpawnError::Pipes)?;
     let pipes = if tty {
         None
     } else {
@@ -85,7 +93,7 @@ pub fn spawn(
     };
     // Stage 2's stdin is its end of the control socket; `Command` is dropped
     // at the end of this statement, closing our copy of that end.
-    let stage2 = Command::new("/proc/self/exe")
+    let stage2 = Command::new(stage2_exe)
         .arg(STAGE2_ARG)
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
