@@ -5,16 +5,20 @@
 # `--qemu` builds the variant QEMU's `-M microvm` can boot (PVH entry, QEMU's
 # virtio-mmio addresses) into target/guest/test-guest-qemu.elf instead.
 #
-# The guest is its own cargo workspace with its own target directory
-# (target/test-guest), so it never disturbs the main workspace's build.
+# The guest is its own cargo workspace with its own target directories
+# (target/test-guest, target/test-guest-qemu), so it never disturbs the main
+# workspace's build.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 crate="$root/resources/test-guest"
 out="$root/target/guest/test-guest.elf"
+target_dir="$root/target/test-guest"
 features=""
 if [ "${1:-}" = "--qemu" ]; then
     out="$root/target/guest/test-guest-qemu.elf"
+    # Its own target dir: the two builds never overwrite each other's binary.
+    target_dir="$root/target/test-guest-qemu"
     features="--features=qemu"
 fi
 
@@ -23,8 +27,8 @@ fi
 unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_TARGET_DIR CARGO_BUILD_TARGET
 
 cd "$crate"
-cargo build --release --quiet $features --target-dir "$root/target/test-guest"
-built="$root/target/test-guest/x86_64-unknown-linux-gnu/release/spore-test-guest"
+cargo build --release --quiet $features --target-dir "$target_dir"
+built="$target_dir/x86_64-unknown-linux-gnu/release/spore-test-guest"
 
 # The guest's CPL0 code runs in KVM's instruction emulator on kvm_pvm hosts
 # (/work/shared/notes/kvm-pvm.md): refuse a binary using SSE or instructions
@@ -43,7 +47,8 @@ fi
 
 mkdir -p "$(dirname "$out")"
 if ! cmp -s "$built" "$out" 2>/dev/null; then
-    cp "$built" "$out.tmp"
-    mv "$out.tmp" "$out"
+    # A private temp name and a rename: concurrent runs never see half a file.
+    cp "$built" "$out.tmp.$$"
+    mv "$out.tmp.$$" "$out"
 fi
 echo "$out"

@@ -17,7 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ use spore_tests::skip::Missing;
 use spore_tests::skip_unless;
 use spore_tests::tempdir::TempDir;
 use spore_tests::vsock;
+use spore_vmm::config::{Console, DiskConfig, VsockConfig};
+use spore_vmm::{HostKvm, VmConfig, VmExit};
 
 /// The guest's listening port and the host port it connects to.
 const GUEST_PORT: u32 = 1234;
@@ -57,7 +59,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Builds the guest with `resources/build-test-guest.sh` and returns the ELF.
+/// One build at a time: the tests in this file run in parallel.
 fn build_guest(qemu: bool) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let script = paths::repo_root().join("resources/build-test-guest.sh");
     let mut cmd = Command::new(&script);
     if qemu {
@@ -235,6 +240,69 @@ fn echo_one(listener: UnixListener, stop: &AtomicBool) -> io::Result<Vec<u8>> {
         }
     }
     Ok(seen)
+}
+
+/// The serial console's bytes, shared between the VMM's serial device and the test.
+#[derive(Clone, Default)]
+struct SerialLog(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SerialLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SerialLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The guest under spore's VMM with vsock, a read-write disk and rng: the devices
+/// a container VM uses, driven by a driver that is not Linux.
+#[test]
+fn test_guest_passes_under_spore() {
+    let kvm = HostKvm::detect();
+    if !kvm.usable {
+        let problem = kvm.problem.unwrap_or_default();
+        skip_unless!(Err::<(), _>(Missing::environment(problem)));
+    }
+    let guest = build_guest(false);
+    let host = HostSide::new("spore-tg");
+    let serial = SerialLog::default();
+
+    let mut config = VmConfig::new(&guest);
+    config.mem_mib = 64;
+    config.console = Console::Writer(Box::new(serial.clone()));
+    config.vsock = Some(VsockConfig {
+        cid: GUEST_CID as u32,
+        uds_path: host.uds.clone(),
+    });
+    config.disks.push(DiskConfig {
+        path: host.disk.clone(),
+        read_only: false,
+    });
+    config.rng = true;
+    let vm = spore_vmm::start(config).expect("start the VM");
+
+    // Retry until the guest listens; stop early if the VM has already ended.
+    let answer = host.talk_to_guest(|| match vm.wait_timeout(Duration::ZERO) {
+        Some(exit) => Err(io::Error::other(format!("the VM ended: {exit}"))),
+        None => Ok(()),
+    });
+    let exit = vm.wait_timeout(RUN_TIMEOUT);
+    let elapsed = vm.started_at().elapsed();
+    // Dropping the handle stops the VM if it still runs and releases everything.
+    drop(vm);
+    let log = serial.text();
+    eprintln!("vmm_test_guest: spore VM ran {elapsed:.2?}, exit {exit:?}");
+    let answer = answer.unwrap_or_else(|e| panic!("talking to the guest: {e}\nserial:\n{log}"));
+    assert_eq!(exit, Some(VmExit::PowerOff), "VM exit\nserial:\n{log}");
+    host.check(&log, &answer);
 }
 
 /// QEMU and vhost-device-vsock, from `resources/install-deps.sh`.
