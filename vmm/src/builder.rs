@@ -482,7 +482,7 @@ mod tests {
             line,
             "console=ttyS0 reboot=k panic=-1 nomodule spore.exit_port=0xf4 \
              virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
-             noxsave clearcpuid=popcnt quiet"
+             noxsave clearcpuid=popcnt,smap quiet"
         );
     }
 

@@ -28,7 +28,7 @@ impl Quirks {
     /// always honoured, per the notes).
     pub fn cmdline(&self) -> &'static str {
         if self.pvm {
-            "noxsave clearcpuid=popcnt"
+            "noxsave clearcpuid=popcnt,smap"
         } else {
             ""
         }
@@ -65,6 +65,8 @@ pub const CPUID1_ECX_AVX: u32 = bit(28);
 pub const CPUID1_ECX_F16C: u32 = bit(29);
 pub const CPUID1_ECX_HYPERVISOR: u32 = bit(31);
 const CPUID1_EDX_HTT: u32 = bit(28);
+/// Leaf 7.0 EBX: supervisor-mode access prevention.
+pub const CPUID7_EBX_SMAP: u32 = bit(20);
 
 /// KVM paravirt features (leaf 0x40000001 EAX) that use hypercalls or async
 /// page faults: PV EOI, PV unhalt, PV TLB flush, async PF (and its VM-exit and
@@ -88,12 +90,14 @@ const PVM_MASKS: &[Mask] = &[
             | CPUID1_ECX_FMA
             | CPUID1_ECX_F16C,
     },
-    // Leaf 7.0 EBX: AVX2 and the AVX-512 foundation/extensions.
+    // Leaf 7.0 EBX: SMAP (the emulator lacks `clac`/`stac`), AVX2 and the AVX-512
+    // foundation/extensions.
     Mask {
         function: 7,
         index: Some(0),
         reg: Reg::Ebx,
-        bits: bit(5)
+        bits: CPUID7_EBX_SMAP
+            | bit(5)
             | bit(16)
             | bit(17)
             | bit(21)
@@ -296,6 +300,7 @@ mod tests {
         // Unrelated leaf-1 features stay (SSE3 is bit 0).
         assert_ne!(ecx & 1, 0);
         assert_eq!(find(&e, 7, 0).ebx & bit(5), 0, "AVX2");
+        assert_eq!(find(&e, 7, 0).ebx & CPUID7_EBX_SMAP, 0, "SMAP");
         assert_eq!(find(&e, 7, 0).ebx & bit(16), 0, "AVX512F");
         assert_ne!(find(&e, 7, 0).ebx & bit(0), 0, "FSGSBASE kept");
         assert_eq!(find(&e, 7, 1).eax & bit(4), 0, "AVX-VNNI");

@@ -1,0 +1,141 @@
+//! Boots the real guest kernel (target/guest/vmlinux) with spore's VMM and a tiny
+//! initramfs, and follows the serial log to `Run /init`.
+//!
+//! Ignored by default: on a kvm_pvm host it takes about two minutes of emulated
+//! boot. Run with `cargo test -p spore-vmm --test linux_boot -- --ignored --nocapture`.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spore_vmm::config::{Console, DiskConfig, VmConfig};
+use spore_vmm::{start, HostKvm, VmExit};
+
+/// Serial-log lines worth timing, in boot order.
+const MILESTONES: &[&str] = &[
+    "Linux version",
+    "smpboot: CPU0",
+    "Registering device virtio-mmio",
+    "Serial: 8250",
+    "virtio_blk",
+    "Freeing unused kernel",
+    "Run /init",
+];
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// Keeps the serial log and the wall time each milestone first appeared.
+#[derive(Clone)]
+struct Log {
+    start: Instant,
+    inner: Arc<Mutex<(Vec<u8>, Vec<(&'static str, Duration)>)>>,
+}
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.0.extend_from_slice(buf);
+        if buf.contains(&b'\n') {
+            let text = String::from_utf8_lossy(&inner.0).into_owned();
+            for m in MILESTONES {
+                if !inner.1.iter().any(|(seen, _)| seen == m) && text.contains(m) {
+                    inner.1.push((m, self.start.elapsed()));
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A newc cpio archive holding one regular file, `init`.
+fn tiny_initramfs(contents: &[u8]) -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+        let header =
+            format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            1, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+        );
+        out.extend(header.as_bytes());
+        out.extend(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    entry(&mut out, "init", 0o100755, contents);
+    entry(&mut out, "TRAILER!!!", 0, &[]);
+    out
+}
+
+fn kernel_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest/vmlinux")
+}
+
+#[test]
+#[ignore = "boots the real kernel: ~2 minutes on kvm_pvm"]
+fn linux_reaches_run_init_with_devices_probed() {
+    if !HostKvm::detect().usable || !kernel_path().exists() {
+        eprintln!("skipped: needs /dev/kvm and target/guest/vmlinux (`make kernel`)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("spore-linux-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, tiny_initramfs(b"#!/nonexistent\n")).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+
+    let log = Log {
+        start: Instant::now(),
+        inner: Arc::default(),
+    };
+    let mut config = VmConfig::new(kernel_path());
+    config.initrd = Some(initrd);
+    config.console = Console::Writer(Box::new(log.clone()));
+    config.rng = true;
+    config.disks.push(DiskConfig {
+        path: disk,
+        read_only: true,
+    });
+    config.cmdline_extra = std::env::var("SPORE_TEST_CMDLINE").unwrap_or_default();
+    let vm = start(config).unwrap();
+    eprintln!("cmdline: {}", vm.cmdline());
+
+    // The guest's /init is not executable, so the kernel panics after Run /init;
+    // with spore.exit_port that ends the VM as Panic.
+    let exit = vm.wait_timeout(BOOT_TIMEOUT);
+    let probed: Vec<_> = vm
+        .devices()
+        .iter()
+        .map(|d| (d.name, d.driver_ok_at().map(|t| t - log.start)))
+        .collect();
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let inner = log.inner.lock().unwrap();
+    let text = String::from_utf8_lossy(&inner.0);
+    let saved = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux_boot-serial.log");
+    std::fs::write(&saved, &inner.0).unwrap();
+    eprintln!("full serial log: {}", saved.display());
+    eprintln!("--- serial log (last 3000 bytes) ---");
+    eprintln!("{}", &text[text.len().saturating_sub(3000)..]);
+    eprintln!("--- milestones (wall time since start) ---");
+    for (m, t) in &inner.1 {
+        eprintln!("{:>8.1} s  {m}", t.as_secs_f64());
+    }
+    eprintln!("exit: {exit:?}; devices: {probed:?}");
+    assert!(
+        text.contains("Run /init"),
+        "kernel did not reach Run /init: {exit:?}"
+    );
+    assert_eq!(exit, Some(VmExit::Panic));
+    assert!(probed.iter().all(|(_, ok)| ok.is_some()), "{probed:?}");
+}
