@@ -63,7 +63,8 @@ struct Blk {
 }
 
 impl Blk {
-    /// Runs one request synchronously; `data` is None for a flush.
+    /// Runs one request synchronously on descriptors 0–2; `with_data` is false
+    /// for a flush, which has no data buffer.
     fn request(&mut self, kind: u32, sector: u64, with_data: bool) -> Result<(), &'static str> {
         let req = self.req;
         // SAFETY: REQ is only used by this driver and no request is in flight, so
