@@ -305,6 +305,47 @@ fn test_guest_passes_under_spore() {
     host.check(&log, &answer);
 }
 
+/// The failure path: with a read-only disk and no vsock device the guest reports
+/// both failures, still passes rng, and ends the VM with exit code 1 (Panic); the
+/// disk is untouched.
+#[test]
+fn test_guest_reports_failures_under_spore() {
+    let kvm = HostKvm::detect();
+    if !kvm.usable {
+        let problem = kvm.problem.unwrap_or_default();
+        skip_unless!(Err::<(), _>(Missing::environment(problem)));
+    }
+    let guest = build_guest(false);
+    let host = HostSide::new("spore-tg-fail");
+    let serial = SerialLog::default();
+    let mut config = VmConfig::new(&guest);
+    config.mem_mib = 64;
+    config.console = Console::Writer(Box::new(serial.clone()));
+    config.disks.push(DiskConfig {
+        path: host.disk.clone(),
+        read_only: true,
+    });
+    config.rng = true;
+    let vm = spore_vmm::start(config).expect("start the VM");
+    let exit = vm.wait_timeout(RUN_TIMEOUT);
+    drop(vm);
+    let log = serial.text();
+    assert_eq!(exit, Some(VmExit::Panic), "VM exit\nserial:\n{log}");
+    for line in [
+        "SPORE-TEST rng ok ",
+        "SPORE-TEST FAIL blk: device is read-only",
+        "SPORE-TEST FAIL vsock: no device",
+    ] {
+        assert!(log.contains(line), "serial log lacks {line:?}:\n{log}");
+    }
+    assert!(!log.contains("SPORE-TEST done"), "{log}");
+    let image = std::fs::read(&host.disk).expect("read disk image");
+    assert!(
+        image[SECTOR..].iter().all(|&b| b == 0),
+        "read-only disk written"
+    );
+}
+
 /// QEMU and vhost-device-vsock, from `resources/install-deps.sh`.
 fn qemu_tools() -> Result<(PathBuf, PathBuf), Missing> {
     let install = "run resources/install-deps.sh";
