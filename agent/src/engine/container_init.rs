@@ -24,7 +24,7 @@ pub fn run(
 ) -> Result<Infallible, Stage2Error> {
     // 1-4. root filesystem: overlay, system mounts, pivot_root, masked paths
     let root = rootfs::prepare(&cfg.run_dir, &cfg.lower)?;
-    rootfs::mount_system(&root)?;
+    rootfs::mount_system(&cfg.run_dir, &root)?;
     rootfs::pivot(&root, cfg.no_pivot)?;
     rootfs::restrict_kernel_interfaces()?;
     // 5-6. network and identity

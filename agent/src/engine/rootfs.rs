@@ -58,7 +58,7 @@ const MOUNTS: &[Mount] = &[
     Mount {
         target: "dev",
         fstype: "tmpfs",
-        flags: MS_NOSUID,
+        flags: MS_NOSUID | MS_NODEV,
         data: "mode=755,size=65536k",
     },
     Mount {
@@ -177,11 +177,12 @@ pub fn prepare(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
         upper.display(),
         work.display()
     );
+    // nodev: see mount_system; the real device nodes are bind mounts.
     sys::mount(
         Some(Path::new("overlay")),
         &merged,
         Some("overlay"),
-        0,
+        MS_NODEV,
         Some(&data),
     )
     .map_err(mount_err("overlay", &merged))?;
@@ -224,7 +225,7 @@ fn lower_dir(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
 }
 
 /// Mount /proc, /dev (with its devices and links), /sys and friends under `root`.
-pub fn mount_system(root: &Path) -> Result<(), RootfsError> {
+pub fn mount_system(run_dir: &Path, root: &Path) -> Result<(), RootfsError> {
     for m in MOUNTS {
         let target = root.join(m.target);
         mkdir(&target)?;
@@ -238,9 +239,22 @@ pub fn mount_system(root: &Path) -> Result<(), RootfsError> {
         )
         .map_err(mount_err(m.fstype, &target))?;
     }
+    // The device nodes are made on a staging tmpfs of their own and bound
+    // into /dev one by one: the root and /dev are mounted nodev, so a node
+    // the container makes itself (it keeps CAP_MKNOD) opens nothing.
+    let staging = run_dir.join("devices");
+    mkdir(&staging)?;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        &staging,
+        Some("tmpfs"),
+        MS_NOSUID,
+        Some("mode=755"),
+    )
+    .map_err(mount_err("tmpfs", &staging))?;
     let dev = root.join("dev");
     for &(name, major, minor) in DEVICES {
-        create_device(&dev.join(name), major, minor)?;
+        bind_device(&staging.join(name), &dev.join(name), major, minor)?;
     }
     for &(name, target) in DEV_LINKS {
         let link = dev.join(name);
@@ -249,16 +263,16 @@ pub fn mount_system(root: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// mknod a device; where that is not allowed (a host whose device cgroup
-/// forbids mknod), bind-mount the host's node instead.
-fn create_device(path: &Path, major: u32, minor: u32) -> Result<(), RootfsError> {
-    if sys::mknod_char(path, 0o666, major, minor).is_ok() {
-        return Ok(());
-    }
-    File::create(path).map_err(|e| RootfsError::Create(path.to_owned(), e))?;
-    let host = Path::new("/dev").join(path.file_name().unwrap_or_default());
-    sys::mount(Some(&host), path, None, MS_BIND, None)
-        .map_err(mount_err(host.display().to_string(), path))
+/// mknod `node` and bind it onto `target`; where mknod is not allowed (a
+/// host whose device cgroup forbids it), bind the host's node instead.
+fn bind_device(node: &Path, target: &Path, major: u32, minor: u32) -> Result<(), RootfsError> {
+    let source = match sys::mknod_char(node, 0o666, major, minor) {
+        Ok(()) => node.to_owned(),
+        Err(_) => Path::new("/dev").join(node.file_name().unwrap_or_default()),
+    };
+    File::create(target).map_err(|e| RootfsError::Create(target.to_owned(), e))?;
+    sys::mount(Some(&source), target, None, MS_BIND, None)
+        .map_err(mount_err(source.display().to_string(), target))
 }
 
 /// Make `root` the root directory and detach the old root entirely.
