@@ -12,7 +12,7 @@
 //! Not here: attaching the image to a VM's virtio-blk slot (the VMM), the overlay
 //! itself (the agent), and the REST routes (the control plane).
 // The CLI wires these in later; until then not everything has a caller.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod archive;
 pub mod config;
