@@ -69,6 +69,11 @@ pub enum BackendError {
     AgentTimeout(String, u64),
     #[error("agent process exited before it listened ({0}); its log is {1}")]
     AgentDied(String, String),
+    #[error(
+        "resource limits need the cgroup v2 controller(s) {missing}, which {root} does not \
+         offer (this host's cgroups are v1 or hybrid); run without limits, or on a cgroup v2 host"
+    )]
+    LimitsUnsupported { missing: String, root: String },
     /// The agent refused a request; its code decides the HTTP status.
     #[error("{0}")]
     Refused(ErrorReply),

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use spore_agent::protocol::client::{Client, Endpoint};
+use spore_agent::protocol::spec::Limits;
 
 use super::pidwatch::{self, PidFd};
 use super::BackendError;
@@ -115,6 +116,35 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Bac
 }
 
 impl ProcessBackend {
+    /// Refuses limits the host's cgroup v2 hierarchy cannot enforce (a hybrid
+    /// host offers no controllers there). The agent refuses them too; checking
+    /// here answers before an agent is started, with a 4xx.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), BackendError> {
+        if limits.is_empty() {
+            return Ok(());
+        }
+        self.prepare_cgroup_parent();
+        let offered =
+            fs::read_to_string(self.cgroup_parent.join("cgroup.controllers")).unwrap_or_default();
+        let wanted = [
+            (limits.memory_bytes.is_some(), "memory"),
+            (limits.cpus.is_some(), "cpu"),
+            (limits.pids.is_some(), "pids"),
+        ];
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|(w, c)| *w && !offered.split_whitespace().any(|o| o == *c))
+            .map(|(_, c)| *c)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(BackendError::LimitsUnsupported {
+            missing: missing.join(", "),
+            root: self.cgroup_parent.display().to_string(),
+        })
+    }
+
     /// Best effort: create the parent of the sandboxes' cgroups and offer it the
     /// controllers the root has. On hybrid hosts there are none, and the agent
     /// refuses limits.
@@ -329,6 +359,39 @@ mod tests {
     fn finds_the_cgroup2_mount() {
         let m = cgroup2_mount();
         assert!(m.starts_with("/sys/fs/cgroup"), "{}", m.display());
+    }
+
+    #[test]
+    fn limits_need_controllers() {
+        let dir = std::env::temp_dir().join(format!("spore-pb3-{}", std::process::id()));
+        let backend = ProcessBackend {
+            agent_bin: PathBuf::from("/bin/true"),
+            cgroup_parent: dir.join("root/spore"),
+            extra_args: vec![],
+        };
+        fs::create_dir_all(&backend.cgroup_parent).unwrap();
+        fs::write(
+            backend.cgroup_parent.join("cgroup.controllers"),
+            "cpu pids\n",
+        )
+        .unwrap();
+        assert!(backend.check_limits(&Limits::default()).is_ok());
+        let ok = Limits {
+            cpus: Some(1.0),
+            pids: Some(5),
+            ..Limits::default()
+        };
+        assert!(backend.check_limits(&ok).is_ok());
+        let mem = Limits {
+            memory_bytes: Some(1 << 20),
+            pids: Some(5),
+            ..Limits::default()
+        };
+        match backend.check_limits(&mem) {
+            Err(BackendError::LimitsUnsupported { missing, .. }) => assert_eq!(missing, "memory"),
+            other => panic!("{other:?}"),
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl ApiError {
                     BackendError::VmUnavailable(_) => (422, "vm_unavailable"),
                     BackendError::NotYetAvailable(_) => (501, "not_yet_available"),
                     BackendError::AgentMissing(_) => (503, "agent_missing"),
+                    BackendError::LimitsUnsupported { .. } => (422, "limits_unsupported"),
                     BackendError::Refused(reply) => match reply.code {
                         ErrorCode::BadRequest => (400, "agent_bad_request"),
                         ErrorCode::Unsupported => (422, "unsupported_on_host"),

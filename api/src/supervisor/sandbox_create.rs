@@ -31,9 +31,13 @@ impl Supervisor {
         // 1. Validate the spec; resolve its image and template.
         let plan = spec.validate(self.config.default_isolation, images::resolve)?;
         templates::exists(&plan.template)?;
-        // 2. vm isolation: refused here with the reason (clones land with issue 4).
-        if plan.isolation == Isolation::Vm {
-            vm::check()?;
+        // 2. Refuse what this host cannot do: vm isolation here (with the reason;
+        //    clones land with issue 4), limits on a cgroup layout without them.
+        match plan.isolation {
+            Isolation::Vm => vm::check()?,
+            Isolation::Process => self
+                .process_backend()?
+                .check_limits(&plan.container.limits)?,
         }
         // 3. An id, a directory, an output log.
         let id = super::new_id();
@@ -164,6 +168,10 @@ fn pump(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>, mut attach: Attach) {
         }
     }
     drop(attach);
+    if broken.is_some() && agent_died(sb) {
+        // The watcher records the failure once it has cleaned up.
+        return;
+    }
     let exit = match broken {
         Some(why) => Err(why),
         None => sb
@@ -193,6 +201,8 @@ fn watch_agent(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>) {
     if sb.state() == SandboxState::Deleting {
         return;
     }
+    agent.cleanup_cgroup();
+    let _ = fs::remove_file(sb.dir.join("agent.sock"));
     sb.update(|r| {
         r.set_failed(format!(
             "its agent process (pid {}) ended: {how}",
@@ -200,11 +210,25 @@ fn watch_agent(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>) {
         ))
     });
     sb.log.close();
-    agent.cleanup_cgroup();
-    let _ = fs::remove_file(sb.dir.join("agent.sock"));
     if sb.record().auto_remove {
         let _ = sup.delete(&sb.id, true);
     }
+}
+
+/// True if the sandbox's agent has ended (or does so within a second): a broken
+/// output stream is then the agent's death, which [`watch_agent`] reports.
+fn agent_died(sb: &Sandbox) -> bool {
+    let Some(agent) = sb.agent.get() else {
+        return false;
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        if agent.exited() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Kills the main process if it still runs after `limit`.
