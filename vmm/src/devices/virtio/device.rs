@@ -51,6 +51,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, queues: Vec<Queue>, acked_features: u64) -> Result<(), DeviceError>;
     /// Returns the device to its state before activation (status 0 written).
     fn reset(&mut self);
+    /// The queues `activate` took, in order (empty while inactive): their ring
+    /// positions are device state a snapshot must carry.
+    fn queues(&self) -> &[Queue];
 }
 
 /// Copies the slice of `config` at `offset` into `data`; bytes past the end read as 0.
@@ -114,6 +117,19 @@ impl IrqTrigger {
 
     pub fn config_generation(&self) -> u32 {
         self.config_generation.load(Ordering::SeqCst)
+    }
+
+    /// Puts back InterruptStatus and the config generation captured in a snapshot,
+    /// and raises the line again if an interrupt was pending, so that a restored
+    /// guest does not wait forever for one it had not taken yet (KVM injects an
+    /// already-signalled eventfd when the irqfd is registered).
+    pub fn restore(&self, status: u32, config_generation: u32) {
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+        self.status.store(0, Ordering::SeqCst);
+        if status != 0 {
+            self.trigger(status);
+        }
     }
 
     /// Forgets pending interrupts (device reset). The generation keeps counting.
@@ -180,5 +196,20 @@ mod tests {
         assert_eq!(irq.status(), INT_CONFIG_CHANGE);
         irq.clear();
         assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn irq_restore_sets_state_and_resignals_a_pending_interrupt() {
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let irq = IrqTrigger::new(evt.try_clone().unwrap());
+        irq.restore(0, 7);
+        assert_eq!((irq.status(), irq.config_generation()), (0, 7));
+        assert!(evt.read().is_err(), "nothing pending, nothing signalled");
+        irq.restore(INT_CONFIG_CHANGE, 9);
+        assert_eq!(
+            (irq.status(), irq.config_generation()),
+            (INT_CONFIG_CHANGE, 9)
+        );
+        assert_eq!(evt.read().unwrap(), 1);
     }
 }

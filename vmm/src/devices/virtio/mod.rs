@@ -20,6 +20,7 @@
 pub mod block;
 pub mod device;
 pub mod mmio;
+pub mod persist;
 pub mod rng;
 pub mod vsock;
 
@@ -36,6 +37,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use block::Block;
 pub use device::{DriverOk, IrqTrigger, VirtioDevice};
 pub use mmio::MmioTransport;
+pub use persist::{restore, DeviceKindState, PersistError, VirtioDeviceState, VsockIdentity};
 pub use rng::Rng;
 pub use vsock::Vsock;
 

@@ -20,6 +20,15 @@ pub fn guest_memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
+/// A new guest memory holding a copy of every byte of `mem` (a restored guest's RAM).
+pub fn copy_memory(mem: &GuestMemoryMmap) -> GuestMemoryMmap {
+    let copy = guest_memory();
+    let mut bytes = vec![0u8; MEM_SIZE];
+    mem.read_slice(&mut bytes, GuestAddress(0)).unwrap();
+    copy.write_slice(&bytes, GuestAddress(0)).unwrap();
+    copy
+}
+
 /// One buffer of a chain: guest address, length, device-writable.
 #[derive(Clone, Copy, Debug)]
 pub struct Buf {
@@ -114,6 +123,15 @@ impl TestQueue {
             self.mem.read_obj(GuestAddress(at)).unwrap(),
             self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
         )
+    }
+
+    /// The same driver queue over `mem`, a copy of this queue's memory (the driver
+    /// as a restored guest continues it).
+    pub fn moved_to(&self, mem: &GuestMemoryMmap) -> Self {
+        Self {
+            mem: mem.clone(),
+            ..*self
+        }
     }
 
     /// A ready device-side `Queue` over this ring.

@@ -44,9 +44,9 @@ pub struct Block {
     mem: GuestMemoryMmap,
     pub(super) irq: Arc<IrqTrigger>,
     pub(super) queue_evts: Vec<EventFd>,
-    disk: Disk,
+    pub(super) disk: Disk,
     /// Fixed at creation: the feature bit the guest negotiated cannot change later.
-    read_only_feature: bool,
+    pub(super) read_only_feature: bool,
     queue: Option<Queue>,
 }
 
@@ -162,6 +162,10 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.queue = None;
+    }
+
+    fn queues(&self) -> &[Queue] {
+        self.queue.as_slice()
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod device;
 mod event_handler;
+mod persist;
 mod request;
 
 pub use device::{Block, BlockError};
+pub use persist::BlockState;
 pub use request::Disk;

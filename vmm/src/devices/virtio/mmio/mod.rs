@@ -367,5 +367,9 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod persist;
+
+pub use persist::{MmioPersistError, MmioTransportState, QueueState};
+
 #[cfg(test)]
 mod tests;

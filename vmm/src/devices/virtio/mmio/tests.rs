@@ -7,6 +7,7 @@ use vmm_sys_util::eventfd::EFD_NONBLOCK;
 #[derive(Default)]
 struct Dummy {
     activated: Option<(usize, u64)>,
+    queues: Vec<Queue>,
     resets: u32,
     config: [u8; 8],
 }
@@ -30,11 +31,16 @@ impl VirtioDevice for Dummy {
     fn activate(&mut self, queues: Vec<Queue>, acked: u64) -> Result<(), DeviceError> {
         super::super::device::check_queues(&queues, 2)?;
         self.activated = Some((queues.len(), acked));
+        self.queues = queues;
         Ok(())
     }
     fn reset(&mut self) {
         self.activated = None;
+        self.queues.clear();
         self.resets += 1;
+    }
+    fn queues(&self) -> &[Queue] {
+        &self.queues
     }
 }
 

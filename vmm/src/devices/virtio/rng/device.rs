@@ -133,6 +133,10 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {
         self.queue = None;
     }
+
+    fn queues(&self) -> &[Queue] {
+        self.queue.as_slice()
+    }
 }
 
 #[cfg(test)]

@@ -3,5 +3,7 @@
 
 mod device;
 mod event_handler;
+mod persist;
 
 pub use device::{Rng, RngError};
+pub use persist::RngState;

@@ -265,4 +265,8 @@ impl VirtioDevice for Vsock {
         // Let the event loop take the closed sockets out of epoll.
         let _ = self.wake_evt.write(1);
     }
+
+    fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
 }

@@ -7,11 +7,13 @@ mod device;
 mod event_handler;
 mod host;
 mod packet;
+mod persist;
 
 pub use connection::BUF_ALLOC;
 pub use device::{Vsock, VsockError};
 pub use host::HostError;
 pub use packet::Header;
+pub use persist::VsockState;
 
 #[cfg(test)]
 mod tests;
