@@ -4,7 +4,6 @@
 //!
 //! The tests that mount need root (loop devices); they skip with a message without it.
 
-#[allow(dead_code, unused_imports)]
 #[path = "../src/image/mod.rs"]
 mod image;
 

@@ -34,7 +34,9 @@ pub enum ArchiveError {
     Write(PathBuf, #[source] io::Error),
     #[error("symlink {0:?} in image archive does not name a file in the archive")]
     BadLink(PathBuf),
-    #[error("the archive is neither an OCI archive (index.json) nor a docker archive (manifest.json)")]
+    #[error(
+        "the archive is neither an OCI archive (index.json) nor a docker archive (manifest.json)"
+    )]
     UnknownFormat,
     #[error("invalid OCI archive")]
     Layout(#[from] LayoutError),
@@ -43,7 +45,11 @@ pub enum ArchiveError {
 }
 
 /// Extracts `tarball` into `dest` (which must be empty) and reads the image in it.
-pub fn read_archive(tarball: &Path, dest: &Path, limits: &Limits) -> Result<ImageParts, ArchiveError> {
+pub fn read_archive(
+    tarball: &Path,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<ImageParts, ArchiveError> {
     extract(tarball, dest, limits)?;
     if dest.join("index.json").is_file() && dest.join("oci-layout").is_file() {
         Ok(layout::read_layout(dest, limits)?)
@@ -107,7 +113,8 @@ pub fn extract(tarball: &Path, dest: &Path, limits: &Limits) -> Result<(), Archi
                     .map_err(classify)?
                     .ok_or_else(|| ArchiveError::BadLink(rel.clone()))?;
                 let target = if kind == EntryType::Symlink {
-                    resolve_relative(&rel, &target).ok_or_else(|| ArchiveError::BadLink(rel.clone()))?
+                    resolve_relative(&rel, &target)
+                        .ok_or_else(|| ArchiveError::BadLink(rel.clone()))?
                 } else {
                     safepath::normalize(&target, limits.max_path_bytes)?
                 };
@@ -176,7 +183,8 @@ mod tests {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(EntryType::Symlink);
         h.set_size(0);
-        b.append_link(&mut h, "b/layer.tar", "../a/layer.tar").unwrap();
+        b.append_link(&mut h, "b/layer.tar", "../a/layer.tar")
+            .unwrap();
         fs::write(dir.join("in.tar"), b.into_inner().unwrap()).unwrap();
         extract(&dir.join("in.tar"), &dir.join("out"), &Limits::default()).unwrap();
         let meta = fs::symlink_metadata(dir.join("out/b/layer.tar")).unwrap();

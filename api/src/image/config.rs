@@ -11,7 +11,9 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// Why no process could be resolved.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("no command: the image has no Entrypoint or Cmd — give a command after the image name")]
+    #[error(
+        "no command: the image has no Entrypoint or Cmd — give a command after the image name"
+    )]
     NoCommand,
     #[error("environment entry {0:?} is not KEY=VALUE")]
     BadEnv(String),
@@ -47,13 +49,20 @@ pub fn resolve_process(
     user_user: Option<String>,
 ) -> Result<ProcessSpec, ConfigError> {
     let (entrypoint, image_cmd) = match user_entrypoint {
-        Some(ep) => (ep.into_iter().filter(|a| !a.is_empty()).collect(), Vec::new()),
+        Some(ep) => (
+            ep.into_iter().filter(|a| !a.is_empty()).collect(),
+            Vec::new(),
+        ),
         None => (
             config.entrypoint.clone().unwrap_or_default(),
             config.cmd.clone().unwrap_or_default(),
         ),
     };
-    let cmd = if user_cmd.is_empty() { image_cmd } else { user_cmd };
+    let cmd = if user_cmd.is_empty() {
+        image_cmd
+    } else {
+        user_cmd
+    };
     let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if argv.is_empty() {
         return Err(ConfigError::NoCommand);
@@ -137,18 +146,32 @@ mod tests {
 
     #[test]
     fn entrypoint_override_drops_image_cmd() {
-        let p = resolve_process(&image(), Some(v(&["/bin/sh"])), vec![], vec![], None, None)
-            .unwrap();
+        let p =
+            resolve_process(&image(), Some(v(&["/bin/sh"])), vec![], vec![], None, None).unwrap();
         assert_eq!(p.argv, v(&["/bin/sh"]));
-        let p = resolve_process(&image(), Some(v(&["/bin/sh"])), v(&["-c", "id"]), vec![], None, None)
-            .unwrap();
+        let p = resolve_process(
+            &image(),
+            Some(v(&["/bin/sh"])),
+            v(&["-c", "id"]),
+            vec![],
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(p.argv, v(&["/bin/sh", "-c", "id"]));
     }
 
     #[test]
     fn empty_entrypoint_override_clears_it() {
-        let p = resolve_process(&image(), Some(v(&[""])), v(&["/bin/true"]), vec![], None, None)
-            .unwrap();
+        let p = resolve_process(
+            &image(),
+            Some(v(&[""])),
+            v(&["/bin/true"]),
+            vec![],
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(p.argv, v(&["/bin/true"]));
         let err = resolve_process(&image(), Some(v(&[""])), vec![], vec![], None, None);
         assert_eq!(err, Err(ConfigError::NoCommand));
@@ -168,14 +191,28 @@ mod tests {
 
     #[test]
     fn nothing_to_run_is_an_error() {
-        let err = resolve_process(&ContainerConfig::default(), None, vec![], vec![], None, None);
+        let err = resolve_process(
+            &ContainerConfig::default(),
+            None,
+            vec![],
+            vec![],
+            None,
+            None,
+        );
         assert_eq!(err, Err(ConfigError::NoCommand));
     }
 
     #[test]
     fn user_env_wins_and_is_appended_in_order() {
-        let p = resolve_process(&image(), None, vec![], v(&["B=user", "C=user", "A=x=y"]), None, None)
-            .unwrap();
+        let p = resolve_process(
+            &image(),
+            None,
+            vec![],
+            v(&["B=user", "C=user", "A=x=y"]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(p.env, v(&["PATH=/bin", "A=x=y", "B=user", "C=user"]));
     }
 
@@ -197,8 +234,15 @@ mod tests {
 
     #[test]
     fn workdir_and_user_overrides() {
-        let p = resolve_process(&image(), None, vec![], vec![], Some("/tmp".into()), Some("0".into()))
-            .unwrap();
+        let p = resolve_process(
+            &image(),
+            None,
+            vec![],
+            vec![],
+            Some("/tmp".into()),
+            Some("0".into()),
+        )
+        .unwrap();
         assert_eq!(p.cwd, "/tmp");
         assert_eq!(p.user.as_deref(), Some("0"));
         let cfg = ContainerConfig {

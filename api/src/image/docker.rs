@@ -61,7 +61,8 @@ pub fn read_docker(dir: &Path, limits: &Limits) -> Result<ImageParts, DockerErro
     if let Some(named) = digest_in_name(&config_rel) {
         named.verify(&config_bytes)?;
     }
-    let config: ImageConfig = spec::parse_json("image config", &config_bytes, limits.max_json_bytes)?;
+    let config: ImageConfig =
+        spec::parse_json("image config", &config_bytes, limits.max_json_bytes)?;
     let diff_ids = &config.rootfs.diff_ids;
     if diff_ids.len() != entry.layers.len() {
         return Err(DockerError::LayerCount {
@@ -73,7 +74,8 @@ pub fn read_docker(dir: &Path, limits: &Limits) -> Result<ImageParts, DockerErro
     let mut layers = Vec::new();
     for (name, diff_id) in entry.layers.iter().zip(diff_ids) {
         let rel = safepath::normalize(Path::new(name), limits.max_path_bytes)?;
-        let meta = safepath::existing_inside(dir, &rel).map_err(|_| DockerError::MissingLayer(rel.clone()))?;
+        let meta = safepath::existing_inside(dir, &rel)
+            .map_err(|_| DockerError::MissingLayer(rel.clone()))?;
         if !meta.is_file() {
             return Err(DockerError::MissingLayer(rel));
         }
@@ -112,7 +114,9 @@ mod tests {
     fn digests_are_found_in_docker_file_names() {
         let hex = "a".repeat(64);
         assert_eq!(
-            digest_in_name(Path::new(&format!("{hex}.json"))).unwrap().hex(),
+            digest_in_name(Path::new(&format!("{hex}.json")))
+                .unwrap()
+                .hex(),
             hex
         );
         assert!(digest_in_name(Path::new(&format!("blobs/sha256/{hex}"))).is_some());

@@ -75,11 +75,17 @@ fn build_ext4(src: &Path, out: &Path) -> Result<(), FsImageError> {
     let inode_count = (inodes + inodes / 4 + 64).to_string();
     loop {
         let file = File::create(out).map_err(|e| FsImageError::Io(out.to_path_buf(), e))?;
-        file.set_len(size).map_err(|e| FsImageError::Io(out.to_path_buf(), e))?;
+        file.set_len(size)
+            .map_err(|e| FsImageError::Io(out.to_path_buf(), e))?;
         drop(file);
         let mut cmd = Command::new("mkfs.ext4");
         cmd.args(["-q", "-F", "-b", "4096", "-m", "0", "-N", &inode_count])
-            .args(["-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=0"])
+            .args([
+                "-O",
+                "^has_journal,^resize_inode",
+                "-E",
+                "lazy_itable_init=0",
+            ])
             .arg("-d")
             .arg(src)
             .arg(out);
@@ -131,7 +137,8 @@ pub fn detect(image: &Path) -> Result<FsFormat, FsImageError> {
     let mut file = File::open(image).map_err(io_err)?;
     let mut sb = [0u8; 64];
     file.seek(SeekFrom::Start(1024)).map_err(io_err)?;
-    file.read_exact(&mut sb).map_err(|_| FsImageError::Unknown(image.to_path_buf()))?;
+    file.read_exact(&mut sb)
+        .map_err(|_| FsImageError::Unknown(image.to_path_buf()))?;
     if u32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]) == EROFS_MAGIC {
         Ok(FsFormat::Erofs)
     } else if u16::from_le_bytes([sb[56], sb[57]]) == EXT4_MAGIC {
@@ -162,7 +169,10 @@ mod tests {
             assert_eq!(detect(&out).unwrap(), format);
         }
         fs::write(dir.join("junk"), [0u8; 4096]).unwrap();
-        assert!(matches!(detect(&dir.join("junk")), Err(FsImageError::Unknown(_))));
+        assert!(matches!(
+            detect(&dir.join("junk")),
+            Err(FsImageError::Unknown(_))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 

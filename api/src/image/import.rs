@@ -124,20 +124,25 @@ pub fn import(store: &Store, source: &Source) -> Result<ImageRecord, ImportError
 }
 
 /// Applies every layer of `parts` onto `rootfs`, bottom first.
-pub fn apply_layers(rootfs: &Path, parts: &ImageParts, mut budget: Budget) -> Result<(), ImportError> {
+pub fn apply_layers(
+    rootfs: &Path,
+    parts: &ImageParts,
+    mut budget: Budget,
+) -> Result<(), ImportError> {
     for (index, layer) in parts.layers.iter().enumerate() {
-        let file = File::open(&layer.path).map_err(|e| ImportError::OpenLayer(layer.path.clone(), e))?;
+        let file =
+            File::open(&layer.path).map_err(|e| ImportError::OpenLayer(layer.path.clone(), e))?;
         let digest = match (&layer.check.blob, &layer.check.diff_id) {
             (Some((d, _)), _) | (None, Some(d)) => d.to_string(),
             (None, None) => "unverified".to_string(),
         };
-        unpack::apply_layer(rootfs, BufReader::new(file), &layer.check, &mut budget).map_err(|source| {
-            ImportError::Layer {
+        unpack::apply_layer(rootfs, BufReader::new(file), &layer.check, &mut budget).map_err(
+            |source| ImportError::Layer {
                 index,
                 digest,
                 source,
-            }
-        })?;
+            },
+        )?;
     }
     Ok(())
 }
@@ -153,8 +158,17 @@ mod tests {
     #[test]
     fn guesses_the_source_kind() {
         let dir = std::env::temp_dir();
-        assert!(matches!(Source::guess(dir.to_str().unwrap()), Source::Layout(_)));
-        assert!(matches!(Source::guess("/proc/self/status"), Source::Archive(_)));
-        assert!(matches!(Source::guess("docker.io/library/busybox:1.36"), Source::Registry(_)));
+        assert!(matches!(
+            Source::guess(dir.to_str().unwrap()),
+            Source::Layout(_)
+        ));
+        assert!(matches!(
+            Source::guess("/proc/self/status"),
+            Source::Archive(_)
+        ));
+        assert!(matches!(
+            Source::guess("docker.io/library/busybox:1.36"),
+            Source::Registry(_)
+        ));
     }
 }

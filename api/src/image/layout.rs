@@ -103,7 +103,8 @@ fn finish(
 ) -> Result<ImageParts, LayoutError> {
     Limits::check_count("layers", manifest.layers.len() as u64, limits.max_layers)?;
     let config_bytes = read_blob(dir, &manifest.config, limits.max_json_bytes)?;
-    let config: ImageConfig = spec::parse_json("image config", &config_bytes, limits.max_json_bytes)?;
+    let config: ImageConfig =
+        spec::parse_json("image config", &config_bytes, limits.max_json_bytes)?;
     let diff_ids = &config.rootfs.diff_ids;
     if diff_ids.len() != manifest.layers.len() {
         return Err(LayoutError::LayerCount {
@@ -209,7 +210,13 @@ mod tests {
         fs::write(&path, [b'x'; 100]).unwrap();
         assert_eq!(read_limited(&path, 100).unwrap().len(), 100);
         let err = read_limited(&path, 99).unwrap_err();
-        assert!(matches!(err, LayoutError::Spec(SpecError::TooLarge { size: 100, .. })), "{err}");
+        assert!(
+            matches!(
+                err,
+                LayoutError::Spec(SpecError::TooLarge { size: 100, .. })
+            ),
+            "{err}"
+        );
         fs::remove_file(path).unwrap();
     }
 }

@@ -103,12 +103,16 @@ fn measure_one(format: FsFormat, src: &Path, work: &Path) -> Result<Measurement,
 /// is shared, so no global drop_caches).
 fn evict(image: &Path) -> Result<(), MeasureError> {
     let file = File::open(image).map_err(|e| MeasureError::Io(image.to_path_buf(), e))?;
-    file.sync_all().map_err(|e| MeasureError::Io(image.to_path_buf(), e))?;
+    file.sync_all()
+        .map_err(|e| MeasureError::Io(image.to_path_buf(), e))?;
     // SAFETY: `file` is an open descriptor for the duration of the call; fadvise
     // only drops clean cached pages and touches no memory of ours.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
-        return Err(MeasureError::Io(image.to_path_buf(), io::Error::from_raw_os_error(rc)));
+        return Err(MeasureError::Io(
+            image.to_path_buf(),
+            io::Error::from_raw_os_error(rc),
+        ));
     }
     Ok(())
 }

@@ -209,7 +209,8 @@ pub fn mount_readonly_at(image: &Path, target: &Path) -> Result<Mount, MountErro
 }
 
 fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 impl Drop for Mount {
@@ -245,7 +246,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("spore-mount-junk-{}", std::process::id()));
         fs::write(&path, [0u8; 8192]).unwrap();
         let err = mount_readonly(&path).err().unwrap();
-        assert!(matches!(err, MountError::Format(FsImageError::Unknown(_))), "{err}");
+        assert!(
+            matches!(err, MountError::Format(FsImageError::Unknown(_))),
+            "{err}"
+        );
         fs::remove_file(path).unwrap();
     }
 }

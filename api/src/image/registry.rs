@@ -86,7 +86,11 @@ impl Reference {
             return Err(bad());
         }
         let (registry, name) = if registry == "docker.io" {
-            let name = if name.contains('/') { name } else { format!("library/{name}") };
+            let name = if name.contains('/') {
+                name
+            } else {
+                format!("library/{name}")
+            };
             ("registry-1.docker.io".to_string(), name)
         } else {
             (registry, name)
@@ -100,7 +104,10 @@ impl Reference {
     }
 
     fn base(&self) -> String {
-        let host = self.registry.rsplit_once(':').map_or(self.registry.as_str(), |(h, _)| h);
+        let host = self
+            .registry
+            .rsplit_once(':')
+            .map_or(self.registry.as_str(), |(h, _)| h);
         let scheme = match host {
             "localhost" | "127.0.0.1" | "[::1]" => "http",
             _ => "https",
@@ -136,7 +143,8 @@ pub fn pull(reference: &str, dest: &Path, limits: &Limits) -> Result<String, Reg
     Limits::check_count("layers", manifest.layers.len() as u64, limits.max_layers)?;
     // 2. Config and layers, each verified as it is written.
     let manifest_digest = Digest::of(&manifest_bytes);
-    fs::create_dir_all(dest.join("blobs/sha256")).map_err(|e| RegistryError::Write(dest.to_path_buf(), e))?;
+    fs::create_dir_all(dest.join("blobs/sha256"))
+        .map_err(|e| RegistryError::Write(dest.to_path_buf(), e))?;
     write(&blob_path(dest, &manifest_digest), &manifest_bytes)?;
     if manifest.config.size > limits.max_json_bytes {
         return Err(LimitError::Bytes {
@@ -165,7 +173,10 @@ pub fn pull(reference: &str, dest: &Path, limits: &Limits) -> Result<String, Reg
         schema_version: 2,
         media_type: Some(spec::MEDIA_OCI_INDEX.to_string()),
         manifests: vec![Descriptor {
-            media_type: manifest.media_type.clone().unwrap_or_else(|| spec::MEDIA_OCI_MANIFEST.into()),
+            media_type: manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| spec::MEDIA_OCI_MANIFEST.into()),
             digest: manifest_digest.to_string(),
             size: manifest_bytes.len() as u64,
             platform: None,
@@ -175,8 +186,14 @@ pub fn pull(reference: &str, dest: &Path, limits: &Limits) -> Result<String, Reg
             )])),
         }],
     };
-    write(&dest.join("index.json"), &serde_json::to_vec(&index).expect("index serializes"))?;
-    write(&dest.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    write(
+        &dest.join("index.json"),
+        &serde_json::to_vec(&index).expect("index serializes"),
+    )?;
+    write(
+        &dest.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     Ok(tag)
 }
 
@@ -231,8 +248,11 @@ impl Client {
     }
 
     fn fetch_token(&self, url: &str, challenge: &str) -> Result<String, RegistryError> {
-        let params = parse_challenge(challenge).ok_or_else(|| RegistryError::Auth(url.to_string()))?;
-        let realm = params.get("realm").ok_or_else(|| RegistryError::Auth(url.to_string()))?;
+        let params =
+            parse_challenge(challenge).ok_or_else(|| RegistryError::Auth(url.to_string()))?;
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| RegistryError::Auth(url.to_string()))?;
         let mut req = self.agent.get(realm);
         for key in ["service", "scope"] {
             if let Some(value) = params.get(key) {
@@ -264,7 +284,12 @@ impl Client {
     }
 
     /// Streams a blob to `dest`'s blobs directory, verifying digest and size.
-    fn download(&mut self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<(), RegistryError> {
+    fn download(
+        &mut self,
+        r: &Reference,
+        desc: &Descriptor,
+        dest: &Path,
+    ) -> Result<(), RegistryError> {
         let digest = desc.digest()?;
         let path = blob_path(dest, &digest);
         if path.is_file() {
@@ -334,11 +359,15 @@ mod tests {
     #[test]
     fn references_get_docker_defaults() {
         let r = Reference::parse("busybox").unwrap();
-        assert_eq!((r.registry.as_str(), r.name.as_str(), r.reference.as_str()),
-            ("registry-1.docker.io", "library/busybox", "latest"));
+        assert_eq!(
+            (r.registry.as_str(), r.name.as_str(), r.reference.as_str()),
+            ("registry-1.docker.io", "library/busybox", "latest")
+        );
         let r = Reference::parse("127.0.0.1:5000/team/app:v1").unwrap();
-        assert_eq!((r.registry.as_str(), r.name.as_str(), r.reference.as_str()),
-            ("127.0.0.1:5000", "team/app", "v1"));
+        assert_eq!(
+            (r.registry.as_str(), r.name.as_str(), r.reference.as_str()),
+            ("127.0.0.1:5000", "team/app", "v1")
+        );
         assert_eq!(r.base(), "http://127.0.0.1:5000/v2/team/app");
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Reference::parse(&format!("ghcr.io/o/app@{d}")).unwrap();

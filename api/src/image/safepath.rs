@@ -88,7 +88,10 @@ pub fn check_symlink(link: &Path, target: &Path) -> Result<(), PathError> {
             Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
         }
         if depth < 0 {
-            return Err(PathError::SymlinkEscape(link.to_path_buf(), target.to_path_buf()));
+            return Err(PathError::SymlinkEscape(
+                link.to_path_buf(),
+                target.to_path_buf(),
+            ));
         }
     }
     Ok(())
@@ -116,12 +119,27 @@ mod tests {
 
     #[test]
     fn normalize_strips_dot_and_refuses_escapes() {
-        assert_eq!(normalize(Path::new("./a/./b"), 100).unwrap(), Path::new("a/b"));
+        assert_eq!(
+            normalize(Path::new("./a/./b"), 100).unwrap(),
+            Path::new("a/b")
+        );
         assert_eq!(normalize(Path::new("./"), 100).unwrap(), Path::new(""));
-        assert!(matches!(normalize(Path::new("a/../../b"), 100), Err(PathError::Traversal(_))));
-        assert!(matches!(normalize(Path::new("a/../b"), 100), Err(PathError::Traversal(_))));
-        assert!(matches!(normalize(Path::new("/etc/passwd"), 100), Err(PathError::Absolute(_))));
-        assert!(matches!(normalize(Path::new("aaaa"), 3), Err(PathError::TooLong(..))));
+        assert!(matches!(
+            normalize(Path::new("a/../../b"), 100),
+            Err(PathError::Traversal(_))
+        ));
+        assert!(matches!(
+            normalize(Path::new("a/../b"), 100),
+            Err(PathError::Traversal(_))
+        ));
+        assert!(matches!(
+            normalize(Path::new("/etc/passwd"), 100),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            normalize(Path::new("aaaa"), 3),
+            Err(PathError::TooLong(..))
+        ));
     }
 
     #[test]

@@ -151,7 +151,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
 /// Tells an index from a manifest by media type, or by shape when it has none.
 pub fn parse_manifest_or_index(bytes: &[u8], limit: u64) -> Result<ManifestOrIndex, SpecError> {
     let probe: serde_json::Value = parse_json("manifest", bytes, limit)?;
-    let media = probe.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
+    let media = probe
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .unwrap_or("");
     let is_index = match media {
         MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST => true,
         MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST => false,
@@ -161,7 +164,9 @@ pub fn parse_manifest_or_index(bytes: &[u8], limit: u64) -> Result<ManifestOrInd
     if is_index {
         Ok(ManifestOrIndex::Index(parse_json("index", bytes, limit)?))
     } else {
-        Ok(ManifestOrIndex::Manifest(parse_json("manifest", bytes, limit)?))
+        Ok(ManifestOrIndex::Manifest(parse_json(
+            "manifest", bytes, limit,
+        )?))
     }
 }
 
@@ -217,7 +222,10 @@ mod tests {
             media_type: None,
             manifests: vec![arm, desc(Some(("linux", "amd64")))],
         };
-        assert_eq!(pick_platform(&index).unwrap().digest, format!("sha256:{}", "a".repeat(64)));
+        assert_eq!(
+            pick_platform(&index).unwrap().digest,
+            format!("sha256:{}", "a".repeat(64))
+        );
     }
 
     #[test]
@@ -228,15 +236,25 @@ mod tests {
             manifests: vec![desc(Some(("linux", "arm64"))), desc(None)],
         };
         let err = pick_platform(&index).unwrap_err();
-        assert_eq!(err.to_string(), "no linux/amd64 image in the index (found: linux/arm64, unspecified)");
+        assert_eq!(
+            err.to_string(),
+            "no linux/amd64 image in the index (found: linux/arm64, unspecified)"
+        );
     }
 
     #[test]
     fn tells_index_from_manifest() {
-        let m = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"d","size":1},"layers":[]}"#;
-        assert!(matches!(parse_manifest_or_index(m, 1024).unwrap(), ManifestOrIndex::Manifest(_)));
+        let m =
+            br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"d","size":1},"layers":[]}"#;
+        assert!(matches!(
+            parse_manifest_or_index(m, 1024).unwrap(),
+            ManifestOrIndex::Manifest(_)
+        ));
         let i = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(parse_manifest_or_index(i, 1024).unwrap(), ManifestOrIndex::Index(_)));
+        assert!(matches!(
+            parse_manifest_or_index(i, 1024).unwrap(),
+            ManifestOrIndex::Index(_)
+        ));
     }
 
     #[test]

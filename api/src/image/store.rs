@@ -118,7 +118,8 @@ impl Store {
 
     /// The read-only filesystem image of `digest` (present or not).
     pub fn image_path(&self, digest: &Digest) -> PathBuf {
-        self.dir(digest).join(format!("rootfs.{}", STORE_FORMAT.fstype()))
+        self.dir(digest)
+            .join(format!("rootfs.{}", STORE_FORMAT.fstype()))
     }
 
     pub fn contains(&self, digest: &Digest) -> bool {
@@ -153,7 +154,8 @@ impl Store {
         let mut out = Vec::new();
         for entry in fs::read_dir(&images).map_err(|e| StoreError::Io(images.clone(), e))? {
             let entry = entry.map_err(|e| StoreError::Io(images.clone(), e))?;
-            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse() else {
+            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse()
+            else {
                 continue;
             };
             match self.record(&digest) {
@@ -170,8 +172,15 @@ impl Store {
     /// or a tag (`busybox:latest`; `busybox` means `busybox:latest`).
     pub fn resolve(&self, name: &str) -> Result<Digest, StoreError> {
         let records = self.list()?;
-        let with_latest = if name.contains(':') { name.to_string() } else { format!("{name}:latest") };
-        if let Some(r) = records.iter().find(|r| r.tags.iter().any(|t| *t == name || *t == with_latest)) {
+        let with_latest = if name.contains(':') {
+            name.to_string()
+        } else {
+            format!("{name}:latest")
+        };
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.tags.iter().any(|t| *t == name || *t == with_latest))
+        {
             return Ok(r.digest.parse()?);
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
@@ -312,10 +321,15 @@ pub fn allocated_bytes(path: &Path) -> io::Result<u64> {
 }
 
 /// Writes the files an image directory holds besides its filesystem image.
-pub fn write_documents(dir: &Path, config: &[u8], manifest: Option<&[u8]>) -> Result<(), StoreError> {
+pub fn write_documents(
+    dir: &Path,
+    config: &[u8],
+    manifest: Option<&[u8]>,
+) -> Result<(), StoreError> {
     fs::write(dir.join(CONFIG), config).map_err(|e| StoreError::Io(dir.join(CONFIG), e))?;
     if let Some(manifest) = manifest {
-        fs::write(dir.join(MANIFEST), manifest).map_err(|e| StoreError::Io(dir.join(MANIFEST), e))?;
+        fs::write(dir.join(MANIFEST), manifest)
+            .map_err(|e| StoreError::Io(dir.join(MANIFEST), e))?;
     }
     Ok(())
 }
@@ -363,7 +377,10 @@ mod tests {
         assert!(store.record(&a).unwrap().tags.is_empty());
         assert_eq!(store.resolve(&a.hex()[..12]).unwrap(), a);
         assert_eq!(store.resolve(&a.to_string()).unwrap(), a);
-        assert!(matches!(store.resolve("nope"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.resolve("nope"),
+            Err(StoreError::NotFound(_))
+        ));
         assert!(store.image_path(&a).is_file());
         assert!(store.config(&a).unwrap().rootfs.diff_ids.is_empty());
         store.remove(&a).unwrap();

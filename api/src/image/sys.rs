@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 /// `lsetxattr(2)`: sets `name` on `path` itself, never on a symlink's target.
@@ -89,8 +90,14 @@ mod tests {
         std::fs::write(dir.join("target"), b"x").unwrap();
         std::os::unix::fs::symlink("target", dir.join("link")).unwrap();
         set_mtime_nofollow(&dir.join("link"), 1_000_000).unwrap();
-        assert_eq!(std::fs::symlink_metadata(dir.join("link")).unwrap().mtime(), 1_000_000);
-        assert_ne!(std::fs::metadata(dir.join("target")).unwrap().mtime(), 1_000_000);
+        assert_eq!(
+            std::fs::symlink_metadata(dir.join("link")).unwrap().mtime(),
+            1_000_000
+        );
+        assert_ne!(
+            std::fs::metadata(dir.join("target")).unwrap().mtime(),
+            1_000_000
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

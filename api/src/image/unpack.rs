@@ -95,7 +95,10 @@ pub fn apply_layer(
     if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         return Err(UnpackError::Compression);
     }
-    let left = budget.limits.max_unpacked_bytes.saturating_sub(budget.unpacked);
+    let left = budget
+        .limits
+        .max_unpacked_bytes
+        .saturating_sub(budget.unpacked);
     let allowed = match (gzip, raw_size) {
         (true, Some(size)) => budget.limits.layer_budget(size).min(left),
         _ => left,
@@ -125,7 +128,11 @@ pub fn apply_layer(
     Ok(stats)
 }
 
-fn apply_tar(root: &Path, stream: impl Read, budget: &mut Budget) -> Result<LayerStats, UnpackError> {
+fn apply_tar(
+    root: &Path,
+    stream: impl Read,
+    budget: &mut Budget,
+) -> Result<LayerStats, UnpackError> {
     let mut archive = tar::Archive::new(stream);
     let mut stats = LayerStats::default();
     let mut touched = Touched::default();
@@ -134,7 +141,11 @@ fn apply_tar(root: &Path, stream: impl Read, budget: &mut Budget) -> Result<Laye
         let mut entry = entry.map_err(classify)?;
         budget.entries += 1;
         stats.entries += 1;
-        Limits::check_count("entries in image", budget.entries, budget.limits.max_entries)?;
+        Limits::check_count(
+            "entries in image",
+            budget.entries,
+            budget.limits.max_entries,
+        )?;
         let raw_path = entry.path().map_err(classify)?.into_owned();
         let rel = safepath::normalize(&raw_path, budget.limits.max_path_bytes)?;
         let kind = entry.header().entry_type();
@@ -186,7 +197,8 @@ fn apply_tar(root: &Path, stream: impl Read, budget: &mut Budget) -> Result<Laye
                 std::os::unix::fs::symlink(&target, &dest).map_err(write_err)?;
             }
             EntryType::Link => {
-                let target = safepath::normalize(&link_name(&entry)?, budget.limits.max_path_bytes)?;
+                let target =
+                    safepath::normalize(&link_name(&entry)?, budget.limits.max_path_bytes)?;
                 let meta = safepath::existing_inside(root, &target)
                     .map_err(|_| UnpackError::BadHardlink(rel.clone(), target.clone()))?;
                 if meta.is_dir() {
@@ -233,7 +245,8 @@ fn copy_content(entry: &mut impl Read, file: &mut File, rel: &Path) -> Result<u6
         if n == 0 {
             return Ok(total);
         }
-        io::Write::write_all(file, &buf[..n]).map_err(|e| UnpackError::Write(rel.to_path_buf(), e))?;
+        io::Write::write_all(file, &buf[..n])
+            .map_err(|e| UnpackError::Write(rel.to_path_buf(), e))?;
         total += n as u64;
     }
 }
@@ -241,7 +254,9 @@ fn copy_content(entry: &mut impl Read, file: &mut File, rel: &Path) -> Result<u6
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<PathBuf, UnpackError> {
     match entry.link_name().map_err(classify)? {
         Some(name) => Ok(name.into_owned()),
-        None => Err(UnpackError::Corrupt(io::Error::other("link entry without a target"))),
+        None => Err(UnpackError::Corrupt(io::Error::other(
+            "link entry without a target",
+        ))),
     }
 }
 
@@ -389,7 +404,10 @@ mod tests {
         let tool = fs::metadata(root.join("bin/tool")).unwrap();
         assert_eq!(tool.mode() & 0o7777, 0o4755);
         assert_eq!(tool.nlink(), 2);
-        assert_eq!(fs::read_link(root.join("bin/alias")).unwrap(), Path::new("tool"));
+        assert_eq!(
+            fs::read_link(root.join("bin/alias")).unwrap(),
+            Path::new("tool")
+        );
         assert_eq!(tool.mtime(), 1_600_000_000);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -412,7 +430,10 @@ mod tests {
             diff_id: Some(Digest::of(b"other")),
         };
         let err = apply_layer(&root, &gz[..], &wrong, &mut Budget::new(Limits::default()));
-        assert!(matches!(err, Err(UnpackError::Digest(DigestError::Mismatch { .. }))), "{err:?}");
+        assert!(
+            matches!(err, Err(UnpackError::Digest(DigestError::Mismatch { .. }))),
+            "{err:?}"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
@@ -432,19 +453,33 @@ mod tests {
     fn refuses_writes_through_symlinks_and_escaping_links() {
         let root = scratch("symlinks");
         let outside = scratch("symlinks-outside");
-        let mut t = raw_entry(EntryType::Symlink, b"esc", outside.to_str().unwrap().as_bytes(), b"");
+        let mut t = raw_entry(
+            EntryType::Symlink,
+            b"esc",
+            outside.to_str().unwrap().as_bytes(),
+            b"",
+        );
         t.extend(raw_entry(EntryType::Regular, b"esc/owned", b"", b"x"));
         let err = apply(&root, &finish(t)).unwrap_err();
-        assert!(matches!(err, UnpackError::Path(PathError::ThroughSymlink(..))), "{err:?}");
+        assert!(
+            matches!(err, UnpackError::Path(PathError::ThroughSymlink(..))),
+            "{err:?}"
+        );
         assert!(!outside.join("owned").exists());
 
         let t = raw_entry(EntryType::Symlink, b"up", b"../../../../etc", b"");
         let err = apply(&root, &finish(t)).unwrap_err();
-        assert!(matches!(err, UnpackError::Path(PathError::SymlinkEscape(..))), "{err:?}");
+        assert!(
+            matches!(err, UnpackError::Path(PathError::SymlinkEscape(..))),
+            "{err:?}"
+        );
 
         let t = raw_entry(EntryType::Link, b"hard", b"../../etc/passwd", b"");
         let err = apply(&root, &finish(t)).unwrap_err();
-        assert!(matches!(err, UnpackError::Path(PathError::Traversal(..))), "{err:?}");
+        assert!(
+            matches!(err, UnpackError::Path(PathError::Traversal(..))),
+            "{err:?}"
+        );
         let t = raw_entry(EntryType::Link, b"hard", b"/etc/passwd", b"");
         assert!(apply(&root, &finish(t)).is_err());
         let t = raw_entry(EntryType::Link, b"hard2", b"esc/passwd", b"");
@@ -468,8 +503,13 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         io::Write::write_all(&mut gz, &tar).unwrap();
         let gz = gz.finish().unwrap();
-        let err = apply_layer(&root, &gz[..gz.len() / 2], &check, &mut Budget::new(Limits::default()))
-            .unwrap_err();
+        let err = apply_layer(
+            &root,
+            &gz[..gz.len() / 2],
+            &check,
+            &mut Budget::new(Limits::default()),
+        )
+        .unwrap_err();
         assert!(matches!(err, UnpackError::Corrupt(_)), "{err:?}");
         let mut bad = gz.clone();
         bad[20] ^= 0xff;
@@ -494,7 +534,10 @@ mod tests {
             diff_id: None,
         };
         let err = apply_layer(&root, &gz[..], &check, &mut Budget::new(limits)).unwrap_err();
-        assert!(matches!(err, UnpackError::Limit(LimitError::Bytes { .. })), "{err:?}");
+        assert!(
+            matches!(err, UnpackError::Limit(LimitError::Bytes { .. })),
+            "{err:?}"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
@@ -516,7 +559,10 @@ mod tests {
         });
         apply_layer(&root, &tar[..], &check, &mut budget).unwrap();
         let err = apply_layer(&root, &tar[..], &check, &mut budget).unwrap_err();
-        assert!(matches!(err, UnpackError::Limit(LimitError::Count { .. })), "{err:?}");
+        assert!(
+            matches!(err, UnpackError::Limit(LimitError::Count { .. })),
+            "{err:?}"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -134,10 +134,22 @@ mod tests {
     #[test]
     fn classifies_markers() {
         assert_eq!(classify(Path::new("a/b")).unwrap(), Marker::None);
-        assert_eq!(classify(Path::new("a/.wh.b")).unwrap(), Marker::Delete("a/b".into()));
-        assert_eq!(classify(Path::new(".wh.b")).unwrap(), Marker::Delete("b".into()));
-        assert_eq!(classify(Path::new("a/.wh..wh..opq")).unwrap(), Marker::Opaque("a".into()));
-        assert_eq!(classify(Path::new("a/.wh..wh.plnk")).unwrap(), Marker::Ignore);
+        assert_eq!(
+            classify(Path::new("a/.wh.b")).unwrap(),
+            Marker::Delete("a/b".into())
+        );
+        assert_eq!(
+            classify(Path::new(".wh.b")).unwrap(),
+            Marker::Delete("b".into())
+        );
+        assert_eq!(
+            classify(Path::new("a/.wh..wh..opq")).unwrap(),
+            Marker::Opaque("a".into())
+        );
+        assert_eq!(
+            classify(Path::new("a/.wh..wh.plnk")).unwrap(),
+            Marker::Ignore
+        );
         assert!(classify(Path::new("a/.wh...")).is_err());
         assert!(classify(Path::new("a/.wh.")).is_err());
     }
@@ -163,7 +175,10 @@ mod tests {
         assert_eq!(left, ["d/new", "d/sub/new"]);
 
         delete(&root, Path::new("d/new"), &touched).unwrap();
-        assert!(root.join("d/new").exists(), "same-layer entry was whited out");
+        assert!(
+            root.join("d/new").exists(),
+            "same-layer entry was whited out"
+        );
         delete(&root, Path::new("d"), &Touched::default()).unwrap();
         assert!(!root.join("d").exists());
         delete(&root, Path::new("missing"), &Touched::default()).unwrap();

@@ -15,8 +15,13 @@ pub fn test_images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let out = std::env::temp_dir().join(format!("spore-test-images-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-test-images.sh");
-        let status = Command::new("sh").arg(&script).arg(&out).status().expect("run build-test-images.sh");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-test-images.sh");
+        let status = Command::new("sh")
+            .arg(&script)
+            .arg(&out)
+            .status()
+            .expect("run build-test-images.sh");
         assert!(status.success(), "{} failed", script.display());
         out
     })

@@ -26,8 +26,15 @@ fn stored_config_resolves_like_docker_run() {
     assert_eq!(p.user.as_deref(), Some("1000:1000"));
 
     // docker run -e GREETING=hi -w /tmp -u 0 IMAGE id
-    let p = resolve_process(&cc, None, v(&["id"]), v(&["GREETING=hi"]), Some("/tmp".into()), Some("0".into()))
-        .unwrap();
+    let p = resolve_process(
+        &cc,
+        None,
+        v(&["id"]),
+        v(&["GREETING=hi"]),
+        Some("/tmp".into()),
+        Some("0".into()),
+    )
+    .unwrap();
     assert_eq!(p.argv, v(&["id"]));
     assert_eq!(p.env, v(&["PATH=/bin", "GREETING=hi"]));
     assert_eq!((p.cwd.as_str(), p.user.as_deref()), ("/tmp", Some("0")));
@@ -38,7 +45,11 @@ fn stored_config_resolves_like_docker_run() {
 
     // The busybox image sets no Env: docker's default PATH.
     let record = import(&store, &Source::Layout(test_images().join("busybox"))).unwrap();
-    let cc = store.config(&record.digest.parse().unwrap()).unwrap().config.unwrap_or_default();
+    let cc = store
+        .config(&record.digest.parse().unwrap())
+        .unwrap()
+        .config
+        .unwrap_or_default();
     let p = resolve_process(&cc, None, vec![], vec![], None, None).unwrap();
     assert_eq!(p.env, v(&[DEFAULT_PATH]));
     assert_eq!((p.cwd.as_str(), p.user.as_deref()), ("/", None));

@@ -56,7 +56,12 @@ fn measure_erofs_vs_ext4() {
     let results = measure::measure(&src, &scratch.0).unwrap();
     for m in &results {
         eprintln!("{}", m.line());
-        assert_eq!((m.files, m.bytes), (files, bytes), "{:?} read back differently", m.format);
+        assert_eq!(
+            (m.files, m.bytes),
+            (files, bytes),
+            "{:?} read back differently",
+            m.format
+        );
     }
     assert_eq!(results.len(), 2);
 }

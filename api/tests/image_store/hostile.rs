@@ -53,9 +53,17 @@ fn end(mut entries: Vec<u8>) -> Vec<u8> {
 fn path_traversal_and_absolute_paths() {
     let scratch = Scratch::new("hostile-traversal");
     let store = scratch.store();
-    let msg = rejected(&scratch, &store, vec![end(raw_tar(EntryType::Regular, "../../escape", "", b"x"))]);
+    let msg = rejected(
+        &scratch,
+        &store,
+        vec![end(raw_tar(EntryType::Regular, "../../escape", "", b"x"))],
+    );
     assert!(msg.contains("leaves the image root"), "{msg}");
-    let msg = rejected(&scratch, &store, vec![end(raw_tar(EntryType::Regular, "/abs", "", b"x"))]);
+    let msg = rejected(
+        &scratch,
+        &store,
+        vec![end(raw_tar(EntryType::Regular, "/abs", "", b"x"))],
+    );
     assert!(msg.contains("absolute path"), "{msg}");
     assert!(!scratch.0.join("escape").exists() && !store.root().join("escape").exists());
 }
@@ -77,13 +85,29 @@ fn links_pointing_outside_and_writes_through_symlinks() {
     let upper = end(raw_tar(EntryType::Regular, "esc/owned", "", b"x"));
     let msg = rejected(&scratch, &store, vec![lower, upper]);
     assert!(msg.contains("goes through the symlink"), "{msg}");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "wrote outside the store");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside the store"
+    );
 
-    let msg = rejected(&scratch, &store, vec![end(raw_tar(EntryType::Symlink, "a/up", "../../etc", b""))]);
+    let msg = rejected(
+        &scratch,
+        &store,
+        vec![end(raw_tar(EntryType::Symlink, "a/up", "../../etc", b""))],
+    );
     assert!(msg.contains("points outside the image root"), "{msg}");
-    let msg = rejected(&scratch, &store, vec![end(raw_tar(EntryType::Link, "h", "../etc/passwd", b""))]);
+    let msg = rejected(
+        &scratch,
+        &store,
+        vec![end(raw_tar(EntryType::Link, "h", "../etc/passwd", b""))],
+    );
     assert!(msg.contains("leaves the image root"), "{msg}");
-    let msg = rejected(&scratch, &store, vec![end(raw_tar(EntryType::Link, "h", "/etc/passwd", b""))]);
+    let msg = rejected(
+        &scratch,
+        &store,
+        vec![end(raw_tar(EntryType::Link, "h", "/etc/passwd", b""))],
+    );
     assert!(msg.contains("absolute path"), "{msg}");
 }
 
@@ -101,7 +125,11 @@ fn digest_mismatch_in_layer_config_and_manifest() {
     assert!(msg.contains("digest mismatch"), "{msg}");
 
     // A layer that matches its blob digest but not the config's diff_id.
-    let layout = write_layout(&scratch.0.join("d"), &[(tar.clone(), Digest::of(b"other"))], "");
+    let layout = write_layout(
+        &scratch.0.join("d"),
+        &[(tar.clone(), Digest::of(b"other"))],
+        "",
+    );
     let msg = rejected_source(&store, &Source::Layout(layout));
     assert!(msg.contains("digest mismatch"), "{msg}");
 
@@ -147,15 +175,24 @@ fn truncated_and_corrupt_layers() {
 fn absurd_layer_counts_sizes_and_entry_counts() {
     let scratch = Scratch::new("hostile-counts");
     let store = scratch.store();
-    let layers: Vec<Vec<u8>> = (0..129).map(|i| tar_with_file(&format!("f{i}"), b"")).collect();
+    let layers: Vec<Vec<u8>> = (0..129)
+        .map(|i| tar_with_file(&format!("f{i}"), b""))
+        .collect();
     let msg = rejected(&scratch, &store, layers);
-    assert!(msg.contains("layers: 129 is over the limit of 128"), "{msg}");
+    assert!(
+        msg.contains("layers: 129 is over the limit of 128"),
+        "{msg}"
+    );
 
     let small = scratch.store().with_limits(Limits {
         max_unpacked_bytes: 1 << 20,
         ..Limits::default()
     });
-    let msg = rejected(&scratch, &small, vec![tar_with_file("big", &vec![1u8; 2 << 20])]);
+    let msg = rejected(
+        &scratch,
+        &small,
+        vec![tar_with_file("big", &vec![1u8; 2 << 20])],
+    );
     assert!(msg.contains("exceeds the limit of 1048576 bytes"), "{msg}");
 
     let few = scratch.store().with_limits(Limits {
@@ -167,7 +204,10 @@ fn absurd_layer_counts_sizes_and_entry_counts() {
         many.extend(raw_tar(EntryType::Regular, &format!("f{i}"), "", b""));
     }
     let msg = rejected(&scratch, &few, vec![end(many)]);
-    assert!(msg.contains("entries in image: 11 is over the limit of 10"), "{msg}");
+    assert!(
+        msg.contains("entries in image: 11 is over the limit of 10"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -189,7 +229,11 @@ fn oversized_json_documents() {
     let store = scratch.store();
     let tar = tar_with_file("a", b"x");
     let pad = format!(r#","pad":"{}""#, "x".repeat(5 << 20));
-    let layout = write_layout(&scratch.0.join("c"), &[(tar.clone(), Digest::of(&tar))], &pad);
+    let layout = write_layout(
+        &scratch.0.join("c"),
+        &[(tar.clone(), Digest::of(&tar))],
+        &pad,
+    );
     let msg = rejected_source(&store, &Source::Layout(layout));
     assert!(msg.contains("over the limit of 4194304"), "{msg}");
 
@@ -212,8 +256,21 @@ fn hostile_archive_paths() {
         assert!(msg.contains("unsafe path in image archive"), "{msg}");
     }
     let archive = scratch.0.join("link.tar");
-    fs::write(&archive, end(raw_tar(EntryType::Symlink, "manifest.json", "/etc/passwd", b""))).unwrap();
+    fs::write(
+        &archive,
+        end(raw_tar(
+            EntryType::Symlink,
+            "manifest.json",
+            "/etc/passwd",
+            b"",
+        )),
+    )
+    .unwrap();
     let msg = rejected_source(&store, &Source::Archive(archive));
     assert!(msg.contains("does not name a file in the archive"), "{msg}");
-    assert!(!Path::new(&scratch.0).parent().unwrap().join("evil").exists());
+    assert!(!Path::new(&scratch.0)
+        .parent()
+        .unwrap()
+        .join("evil")
+        .exists());
 }

@@ -12,8 +12,16 @@ fn the_three_formats_import_to_the_same_image() {
     let store = scratch.store();
     for name in ["busybox", "twolayer"] {
         let layout = import(&store, &Source::Layout(images.join(name))).unwrap();
-        let oci = import(&store, &Source::Archive(images.join(format!("{name}-oci.tar")))).unwrap();
-        let docker = import(&store, &Source::Archive(images.join(format!("{name}-docker.tar")))).unwrap();
+        let oci = import(
+            &store,
+            &Source::Archive(images.join(format!("{name}-oci.tar"))),
+        )
+        .unwrap();
+        let docker = import(
+            &store,
+            &Source::Archive(images.join(format!("{name}-docker.tar"))),
+        )
+        .unwrap();
         assert_eq!(layout.digest, oci.digest);
         assert_eq!(layout.digest, docker.digest);
         assert_eq!(layout.tags, vec![format!("spore-test/{name}:latest")]);
@@ -26,7 +34,12 @@ fn the_three_formats_import_to_the_same_image() {
     let two = store.resolve("spore-test/twolayer").unwrap();
     assert_eq!(store.record(&two).unwrap().layers, 2);
     assert!(store.image_path(&two).is_file());
-    assert!(store.root().join("images").join(two.hex()).join("config.json").is_file());
+    assert!(store
+        .root()
+        .join("images")
+        .join(two.hex())
+        .join("config.json")
+        .is_file());
     store.remove(&two).unwrap();
     assert_eq!(store.list().unwrap().len(), 1);
 }

@@ -34,7 +34,10 @@ fn serve(layout: PathBuf, corrupt_blobs: bool) -> Registry {
             handle(stream, &layout, port, corrupt_blobs, &counter);
         }
     });
-    Registry { port, token_requests }
+    Registry {
+        port,
+        token_requests,
+    }
 }
 
 fn handle(mut stream: TcpStream, layout: &Path, port: u16, corrupt: bool, tokens: &AtomicUsize) {
@@ -53,11 +56,20 @@ fn handle(mut stream: TcpStream, layout: &Path, port: u16, corrupt: bool, tokens
         }
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let authorized = headers.get("authorization").map(String::as_str) == Some(&*format!("Bearer {TOKEN}"));
+    let authorized =
+        headers.get("authorization").map(String::as_str) == Some(&*format!("Bearer {TOKEN}"));
     let (status, content_type, body, extra) = if path.starts_with("/token?") {
         tokens.fetch_add(1, Ordering::Relaxed);
-        assert!(path.contains("scope=repository%3Atest%2Ftwolayer%3Apull"), "{path}");
-        (200, "application/json", format!(r#"{{"token":"{TOKEN}"}}"#).into_bytes(), String::new())
+        assert!(
+            path.contains("scope=repository%3Atest%2Ftwolayer%3Apull"),
+            "{path}"
+        );
+        (
+            200,
+            "application/json",
+            format!(r#"{{"token":"{TOKEN}"}}"#).into_bytes(),
+            String::new(),
+        )
     } else if !authorized {
         let challenge = format!(
             "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\",scope=\"repository:test/twolayer:pull\"\r\n"
@@ -71,7 +83,12 @@ fn handle(mut stream: TcpStream, layout: &Path, port: u16, corrupt: bool, tokens
             "0".repeat(64)
         );
         let index = index.replacen(r#""manifests":["#, &format!(r#""manifests":[{decoy}"#), 1);
-        (200, "application/vnd.oci.image.index.v1+json", index.into_bytes(), String::new())
+        (
+            200,
+            "application/vnd.oci.image.index.v1+json",
+            index.into_bytes(),
+            String::new(),
+        )
     } else if let Some(digest) = path
         .strip_prefix("/v2/test/twolayer/manifests/")
         .or_else(|| path.strip_prefix("/v2/test/twolayer/blobs/"))
@@ -108,7 +125,10 @@ fn pulls_through_token_auth_and_an_index() {
     let store = scratch.store();
     let reference = format!("127.0.0.1:{}/test/twolayer:latest", registry.port);
     let pulled = import(&store, &Source::Registry(reference)).unwrap();
-    assert!(registry.token_requests.load(Ordering::Relaxed) >= 1, "token flow not used");
+    assert!(
+        registry.token_requests.load(Ordering::Relaxed) >= 1,
+        "token flow not used"
+    );
     assert_eq!(pulled.tags, vec!["test/twolayer:latest".to_string()]);
     assert_eq!(pulled.layers, 2);
     // The same image as importing the layout directly.
@@ -142,7 +162,9 @@ fn a_missing_repository_is_a_clear_error() {
     let store = scratch.store();
     let reference = format!("127.0.0.1:{}/other/repo:v1", registry.port);
     let err = import(&store, &Source::Registry(reference)).unwrap_err();
-    let source = std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default();
+    let source = std::error::Error::source(&err)
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(source.contains("answered HTTP 404"), "{source}");
     assert_store_clean(&store);
 }

@@ -71,7 +71,11 @@ fn two_layer_image_mounts_with_the_exact_tree() {
     require_root!();
     let scratch = Scratch::new("two-layer");
     let store = scratch.store();
-    let record = import(&store, &Source::Archive(test_images().join("twolayer-docker.tar"))).unwrap();
+    let record = import(
+        &store,
+        &Source::Archive(test_images().join("twolayer-docker.tar")),
+    )
+    .unwrap();
     let digest = record.digest.parse().unwrap();
     let mount = mount_readonly(&store.image_path(&digest)).unwrap();
     let root = mount.target().to_path_buf();
@@ -88,13 +92,25 @@ fn two_layer_image_mounts_with_the_exact_tree() {
     // Contents: replaced, refilled; links kept as links.
     assert_eq!(fs::read_to_string(root.join("etc/motd")).unwrap(), "two\n");
     assert_eq!(fs::read_to_string(root.join("data/new")).unwrap(), "new\n");
-    assert_eq!(fs::read_link(root.join("app/hello-link")).unwrap(), Path::new("/app/hello.sh"));
+    assert_eq!(
+        fs::read_link(root.join("app/hello-link")).unwrap(),
+        Path::new("/app/hello.sh")
+    );
     let hello = fs::metadata(root.join("app/hello.sh")).unwrap();
-    assert_eq!(hello.ino(), fs::metadata(root.join("app/hello-hard")).unwrap().ino());
+    assert_eq!(
+        hello.ino(),
+        fs::metadata(root.join("app/hello-hard")).unwrap().ino()
+    );
     assert_eq!(hello.nlink(), 2);
     let busybox = fs::metadata(root.join("bin/busybox")).unwrap();
-    assert_eq!(busybox.ino(), fs::metadata(root.join("bin/busybox-hard")).unwrap().ino());
-    assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(
+        busybox.ino(),
+        fs::metadata(root.join("bin/busybox-hard")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
 
     // Read-only, and gone when dropped.
     let err = fs::write(root.join("etc/motd"), b"x").unwrap_err();
@@ -107,7 +123,11 @@ fn two_layer_image_mounts_with_the_exact_tree() {
     let backing = Path::new("/sys/block")
         .join(device.file_name().unwrap())
         .join("loop/backing_file");
-    assert!(!backing.exists(), "loop device {} still attached", device.display());
+    assert!(
+        !backing.exists(),
+        "loop device {} still attached",
+        device.display()
+    );
 
     // What the container would be given.
     let cc = store.config(&digest).unwrap().config.unwrap_or_default();
