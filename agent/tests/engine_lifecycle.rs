@@ -93,6 +93,14 @@ fn exec_joins_the_running_container() {
         h.engine.state("target").unwrap().status,
         ContainerStatus::Running
     );
+
+    let missing = ExecSpec {
+        argv: vec!["no-such-tool".into()],
+        ..Default::default()
+    };
+    let err = h.engine.exec("target", &missing).unwrap_err();
+    let msg = spore_agent::error_chain(&err);
+    assert!(msg.contains("executable not found: no-such-tool"), "{msg}");
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub enum CapsError {
     KeepCaps(#[source] std::io::Error),
 }
 
-/// The default set as a mask, as /proc/<pid>/status prints it.
+/// The default set as a mask, as `/proc/<pid>/status` prints it.
 pub fn default_mask() -> u64 {
     DEFAULT_CAPS
         .iter()

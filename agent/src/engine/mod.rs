@@ -6,6 +6,11 @@
 //! `waitpid(-1)` loop, which hands every status to [`Engine::on_child_exit`]).
 //! The engine never waits for container processes itself. Container-side
 //! setup runs in stage 2 ([`stage2_main`]), a re-exec of the agent binary.
+//!
+//! Map: `spawn` (engine side of stage 2) → `stage2` → `namespaces` →
+//! `container_init` (the setup steps: `rootfs`, `stdio`, `process`
+//! with `user` and `caps`); `cgroup` for limits and kill; `exit`
+//! decodes wait statuses; `channel` and `config` are the control socket.
 
 mod caps;
 mod cgroup;
@@ -117,7 +122,7 @@ pub struct Engine {
     cfg: EngineConfig,
     /// Stage 2 runs from this sealed in-memory copy of the agent binary, so
     /// a container process can never reach (and overwrite) the binary on
-    /// disk through /proc/<pid>/exe (CVE-2019-5736).
+    /// disk through `/proc/<pid>/exe` (CVE-2019-5736).
     stage2_exe: OwnedFd,
     /// [`NO_PIVOT_ENV`] was set: enter roots without pivot_root.
     no_pivot: bool,
@@ -249,8 +254,13 @@ impl Engine {
             spec.stdin,
             c.cgroup.as_ref(),
         )?;
-        self.get_mut(id)?.execs.insert(spawned.pid, exit::now_ms());
-        spawn::await_exec(&spawned.chan)?;
+        let c = self.get_mut(id)?;
+        c.execs.insert(spawned.pid, exit::now_ms());
+        if let Err(e) = spawn::await_exec(&spawned.chan) {
+            // The caller gets the error; the process's exit is nobody's news.
+            c.execs.remove(&spawned.pid);
+            return Err(e.into());
+        }
         Ok((spawned.pid, spawned.io))
     }
 

@@ -25,7 +25,7 @@ pub enum NamespaceError {
     Join(&'static str, #[source] std::io::Error),
 }
 
-/// A namespace type: its clone flag and its name under /proc/<pid>/ns.
+/// A namespace type: its clone flag and its name under `/proc/<pid>/ns`.
 pub struct Namespace {
     pub flag: libc::c_int,
     pub name: &'static str,

@@ -1,11 +1,12 @@
 //! Stage 2: the fresh, single-threaded re-exec of the agent binary that turns
 //! a request from the engine into a process inside a container.
 //!
-//! The engine starts `/proc/self/exe STAGE2_ARG` with one end of the control
-//! socket as stdin and sends a [`Request`]. Stage 2 enters the namespaces,
-//! forks the process with `CLONE_PARENT` (so the engine's process is its
-//! parent and the agent's reaper sees it exit), reports its pid, and exits.
-//! The forked process reports `Ready` or `Failed` on the same socket.
+//! The engine starts the agent binary (a sealed in-memory copy of it) with
+//! [`STAGE2_ARG`] and one end of the control socket as stdin, and sends a
+//! [`Request`]. Stage 2 enters the namespaces, forks the process with
+//! `CLONE_PARENT` (so the engine's process is its parent and the agent's
+//! reaper sees it exit), reports its pid, and exits. The forked process
+//! reports `Ready` or `Failed` on the same socket.
 
 use std::convert::Infallible;
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,7 +20,7 @@ use super::rootfs::RootfsError;
 use super::stdio::{self, StdioError};
 use crate::sys;
 
-/// argv[1] that makes the agent binary run [`stage2_main`].
+/// `argv[1]` that makes the agent binary run [`stage2_main`].
 pub const STAGE2_ARG: &str = "--spore-stage2";
 
 /// Lowest descriptor number for the control socket once it leaves fd 0.
@@ -49,7 +50,7 @@ pub enum Stage2Error {
     Process(#[from] ProcessError),
 }
 
-/// Entry point of stage 2; the agent's `main` calls it when argv[1] is
+/// Entry point of stage 2; the agent's `main` calls it when `argv[1]` is
 /// [`STAGE2_ARG`]. Never returns.
 pub fn stage2_main() -> ! {
     // The control socket arrives as stdin; move it out of the way of the
