@@ -101,6 +101,18 @@ impl Daemon {
         d
     }
 
+    /// Takes charge of a daemon something else started on `dir` (the CLI's
+    /// on-demand start), so it is cleaned up like ours.
+    pub fn adopt_running(dir: PathBuf) -> Daemon {
+        let d = Daemon {
+            socket: dir.join("spore.sock"),
+            dir,
+            child: None,
+        };
+        d.wait_listening();
+        d
+    }
+
     fn wait_listening(&self) {
         let start = Instant::now();
         while UnixStream::connect(&self.socket).is_err() {
@@ -148,7 +160,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if UnixStream::connect(&self.socket).is_ok() {
             for id in self.sandbox_ids() {
                 let _ = self.request("DELETE", &format!("/v1/sandboxes/{id}?force=1"), None);
             }
