@@ -382,7 +382,9 @@ fn create_virtio(
 ) -> Result<Vec<virtio::VirtioMmioDevice>, BuildError> {
     let mut out = Vec::new();
     if let Some(vsock) = &config.vsock {
-        out.push(create_vsock(mem, vsock.cid, &vsock.uds_path)?);
+        let cid = vsock.cid as u64;
+        let device = virtio::vsock(mem, cid, &vsock.uds_path);
+        out.push(device.map_err(|e| BuildError::Virtio("vsock", e))?);
     }
     for disk in &config.disks {
         out.push(
@@ -394,18 +396,6 @@ fn create_virtio(
         out.push(virtio::rng(mem).map_err(|e| BuildError::Virtio("rng", e))?);
     }
     Ok(out)
-}
-
-/// The vsock device, once the virtio module provides it.
-fn create_vsock(
-    _mem: &GuestMemoryMmap<()>,
-    _cid: u32,
-    _uds_path: &Path,
-) -> Result<virtio::VirtioMmioDevice, BuildError> {
-    Err(BuildError::Virtio(
-        "vsock",
-        virtio::VirtioError::WrongDevice("vsock (not built into this spore yet)"),
-    ))
 }
 
 fn attach_all_virtio(

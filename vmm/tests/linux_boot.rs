@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spore_vmm::config::{Console, DiskConfig, VmConfig};
+use spore_vmm::config::{Console, DiskConfig, VmConfig, VsockConfig};
 use spore_vmm::{start, HostKvm, VmExit};
 
 /// Serial-log lines worth timing, in boot order.
@@ -19,16 +19,20 @@ const MILESTONES: &[&str] = &[
     "Registering device virtio-mmio",
     "Serial: 8250",
     "virtio_blk",
+    "NET: Registered PF_VSOCK",
     "Freeing unused kernel",
     "Run /init",
 ];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
-/// Keeps the serial log and the wall time each milestone first appeared.
+/// The serial log so far and the wall time each milestone first appeared.
+type LogState = (Vec<u8>, Vec<(&'static str, Duration)>);
+
+/// A console writer that keeps the serial log and times the milestones.
 #[derive(Clone)]
 struct Log {
     start: Instant,
-    inner: Arc<Mutex<(Vec<u8>, Vec<(&'static str, Duration)>)>>,
+    inner: Arc<Mutex<LogState>>,
 }
 
 impl Write for Log {
@@ -80,12 +84,36 @@ fn kernel_path() -> PathBuf {
 }
 
 #[test]
-#[ignore = "boots the real kernel: ~2 minutes on kvm_pvm"]
+#[ignore = "boots the real kernel: ~1.5 minutes on kvm_pvm"]
 fn linux_reaches_run_init_with_devices_probed() {
-    if !HostKvm::detect().usable || !kernel_path().exists() {
+    if can_boot() {
+        boot_to_init(1);
+    }
+}
+
+fn can_boot() -> bool {
+    let ok = HostKvm::detect().usable && kernel_path().exists();
+    if !ok {
         eprintln!("skipped: needs /dev/kvm and target/guest/vmlinux (`make kernel`)");
+    }
+    ok
+}
+
+#[test]
+#[ignore = "boots the real kernel on two vCPUs: ~2 minutes on kvm_pvm"]
+fn linux_brings_up_a_second_vcpu_from_the_mp_table() {
+    if !can_boot() {
         return;
     }
+    let log = boot_to_init(2);
+    assert!(
+        log.contains("Brought up 1 node, 2 CPUs"),
+        "SMP bring-up failed"
+    );
+}
+
+/// Boots to the panic after `Run /init` and returns the serial log.
+fn boot_to_init(vcpus: u8) -> String {
     let dir = std::env::temp_dir().join(format!("spore-linux-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let initrd = dir.join("initramfs.cpio");
@@ -101,6 +129,11 @@ fn linux_reaches_run_init_with_devices_probed() {
     config.initrd = Some(initrd);
     config.console = Console::Writer(Box::new(log.clone()));
     config.rng = true;
+    config.vsock = Some(VsockConfig {
+        cid: 3,
+        uds_path: dir.join("vsock.sock"),
+    });
+    config.vcpus = vcpus;
     config.disks.push(DiskConfig {
         path: disk,
         read_only: true,
@@ -122,7 +155,8 @@ fn linux_reaches_run_init_with_devices_probed() {
 
     let inner = log.inner.lock().unwrap();
     let text = String::from_utf8_lossy(&inner.0);
-    let saved = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux_boot-serial.log");
+    let saved =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("linux_boot-{vcpus}cpu.log"));
     std::fs::write(&saved, &inner.0).unwrap();
     eprintln!("full serial log: {}", saved.display());
     eprintln!("--- serial log (last 3000 bytes) ---");
@@ -138,4 +172,5 @@ fn linux_reaches_run_init_with_devices_probed() {
     );
     assert_eq!(exit, Some(VmExit::Panic));
     assert!(probed.iter().all(|(_, ok)| ok.is_some()), "{probed:?}");
+    text.into_owned()
 }
