@@ -23,14 +23,17 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
     let mut spec = h.spec(&[
         "sh",
         "-c",
-        "echo $$; hostname; grep ^0:: /proc/self/cgroup; cat /proc/self/mountinfo; echo NET; cat /proc/net/dev",
+        "echo $$; hostname; echo $HOSTNAME; cat /etc/hostname; grep -c box /etc/hosts; grep ^0:: /proc/self/cgroup; cat /proc/self/mountinfo; echo NET; cat /proc/net/dev",
     ]);
     spec.hostname = Some("box".into());
     let (exit, out, err) = h.run("iso", &spec);
     assert_eq!(exit.exit.code, 0, "stderr: {err}");
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("1"), "{out}");
-    assert_eq!(lines.next(), Some("box"));
+    for _ in ["uname", "$HOSTNAME", "/etc/hostname"] {
+        assert_eq!(lines.next(), Some("box"));
+    }
+    assert_eq!(lines.next(), Some("1"), "box in /etc/hosts");
     assert_eq!(lines.next(), Some("0::/"), "cgroup namespace");
     let (mounts, net) = out.split_once("NET\n").unwrap();
     let allowed = [
@@ -42,7 +45,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
         "/dev/mqueue",
         "/sys",
     ];
-    for line in mounts.lines().skip(3) {
+    for line in mounts.lines().skip(6) {
         let target = line.split_whitespace().nth(4).unwrap();
         // Masked kernel files, and the device nodes bound into /dev.
         let devices = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -237,14 +240,37 @@ fn image_files_serve_as_the_lower_layer() {
         let mut spec = h.spec(&[
             "sh",
             "-c",
-            "cat /etc/hostname; grep ' / ' /proc/self/mountinfo",
+            "test -f /.spore-rootfs && echo image; grep ' / ' /proc/self/mountinfo",
         ]);
         spec.rootfs.lower = image;
         let (exit, out, err) = h.run(tool.trim_start_matches("mkfs."), &spec);
         assert_eq!(exit.exit.code, 0, "{tool}: {err}");
         assert!(
-            out.starts_with("spore\n") && out.contains("overlay"),
+            out.starts_with("image\n") && out.contains("overlay"),
             "{tool}: {out}"
         );
     }
+
+    // A block device as the lower layer: the ext4 image on a loop device.
+    let image = dir.join("mkfs.ext4.img");
+    let attached = std::process::Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(&image)
+        .output();
+    let Some(device) = attached
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    else {
+        eprintln!("skipping the block device: losetup or the ext4 image missing");
+        return;
+    };
+    let mut spec = h.spec(&["test", "-f", "/.spore-rootfs"]);
+    spec.rootfs.lower = std::path::PathBuf::from(&device);
+    let (exit, _, err) = h.run("blockdev", &spec);
+    let detached = std::process::Command::new("losetup")
+        .args(["-d", &device])
+        .status();
+    assert_eq!(exit.exit.code, 0, "{device}: {err}");
+    assert!(detached.is_ok_and(|s| s.success()), "losetup -d {device}");
 }

@@ -30,6 +30,7 @@ pub fn run(
     // 5-6. network and identity
     sys::loopback_up().map_err(Stage2Error::Loopback)?;
     sys::sethostname(&cfg.hostname).map_err(Stage2Error::Hostname)?;
+    rootfs::write_identity_files(&cfg.hostname)?;
     // 7-9. the process: stdio, user/env/argv, cwd/credentials/capabilities
     let master = stdio::attach(cfg.process.tty, pipes)?;
     let prepared = process::prepare(&cfg.process)?;

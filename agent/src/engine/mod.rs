@@ -185,9 +185,9 @@ impl Engine {
                 let request = Request::Create(CreateConfig {
                     run_dir: run_dir.clone(),
                     lower: spec.rootfs.lower.clone(),
-                    hostname: spec.hostname.clone().unwrap_or_else(|| id.to_owned()),
+                    hostname: hostname(spec, id).to_owned(),
                     no_pivot: self.no_pivot,
-                    process: process_config(spec, None),
+                    process: process_config(spec, id, None),
                 });
                 Ok(spawn::spawn(
                     &self.stage2_path(),
@@ -245,7 +245,7 @@ impl Engine {
         }
         let request = Request::Exec(ExecConfig {
             target_pid: c.pid,
-            process: process_config(&c.spec, Some(spec)),
+            process: process_config(&c.spec, id, Some(spec)),
         });
         let spawned = spawn::spawn(
             &self.stage2_path(),
@@ -384,11 +384,20 @@ fn state_of(id: &str, c: &Container) -> ContainerState {
     }
 }
 
+/// The container's hostname: the spec's, else its id.
+fn hostname<'a>(spec: &'a ContainerSpec, id: &'a str) -> &'a str {
+    spec.hostname.as_deref().unwrap_or(id)
+}
+
 /// What a process runs with: the container's spec, overridden by an exec's.
-fn process_config(spec: &ContainerSpec, exec: Option<&ExecSpec>) -> ProcessConfig {
+fn process_config(spec: &ContainerSpec, id: &str, exec: Option<&ExecSpec>) -> ProcessConfig {
+    // HOSTNAME first, as docker sets it, so that the spec's env can override it.
+    let hostname = format!("HOSTNAME={}", hostname(spec, id));
     let base = ProcessConfig {
         argv: spec.argv.clone(),
-        env: spec.env.clone(),
+        env: std::iter::once(hostname)
+            .chain(spec.env.iter().cloned())
+            .collect(),
         cwd: spec.cwd.clone(),
         user: spec.user.clone(),
         rlimits: spec.rlimits.clone(),
@@ -438,9 +447,9 @@ mod tests {
             tty: true,
             ..Default::default()
         };
-        let p = process_config(&spec, Some(&exec));
+        let p = process_config(&spec, "c1", Some(&exec));
         assert_eq!(p.argv, vec!["id"]);
-        assert_eq!(p.env, vec!["A=1", "B=2"]);
+        assert_eq!(p.env, vec!["HOSTNAME=c1", "A=1", "B=2"]);
         assert_eq!(
             (p.cwd.as_deref(), p.user.as_deref(), p.tty),
             (Some("/srv"), Some("nobody"), true)

@@ -356,6 +356,24 @@ fn unescape_mountinfo(field: &str) -> String {
     out
 }
 
+/// /etc/hostname and /etc/hosts naming `hostname`, as docker provides them
+/// (after pivot: they land in the overlay's upper layer, the image is
+/// untouched). Images without /etc get none.
+pub fn write_identity_files(hostname: &str) -> Result<(), RootfsError> {
+    let etc = Path::new("/etc");
+    if !etc.is_dir() {
+        return Ok(());
+    }
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    for (name, content) in [("hostname", format!("{hostname}\n")), ("hosts", hosts)] {
+        let path = etc.join(name);
+        fs::write(&path, content).map_err(|e| RootfsError::Create(path, e))?;
+    }
+    Ok(())
+}
+
 /// Hide and write-protect the kernel interfaces docker hides (after pivot).
 pub fn restrict_kernel_interfaces() -> Result<(), RootfsError> {
     for path in MASKED.iter().map(Path::new).filter(|p| p.exists()) {
