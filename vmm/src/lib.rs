@@ -12,6 +12,7 @@ pub mod devices;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod snapshot;
 pub mod vcpu;
 
 pub use builder::{start, VmHandle};
