@@ -6,6 +6,22 @@
 //! checks. It does not capture or apply KVM state (the VMM's capture and clone
 //! code does, filling `VcpuState`/`VmArchState`), and devices capture themselves
 //! (`devices::virtio::persist`).
+//!
+//! Capture, with the vCPUs paused and the event loop stopped:
+//! 1. `DevicesState::capture(&virtio_devices)` (slot order);
+//! 2. each vCPU's and the VM's KVM state into `VcpuState`s and a `VmArchState`;
+//! 3. `MemoryLayout::of(ram.memory())`, then `VmState::new(..)`;
+//! 4. to disk: `state.save(dir/"state")` and `save_memory(ram.file(), dir/"memory")`.
+//!
+//! Restore (a clone, or a template loaded from disk):
+//! 1. `VmState::load`, then `load_memory(path, &state.memory)` (or the template's
+//!    sealed memfd), mapped `MAP_PRIVATE` by `GuestRam::from_memfd_private`;
+//! 2. the KVM VM with its irqchip/PIT, RAM registered, `state.vm` applied;
+//! 3. `state.devices.restore(ram.memory(), Some(identity))`, then each device wired
+//!    with `devices::attach_virtio` at its own index (the irqfd must come after
+//!    the irqchip state, so a re-raised interrupt is not overwritten), its
+//!    subscriber added to the event loop;
+//! 4. the vCPUs created, `state.vcpus` applied, then run.
 
 mod crc64;
 mod file;
