@@ -239,6 +239,27 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     .map(drop)
 }
 
+/// Install a seccomp filter on the calling thread (needs no_new_privs or
+/// CAP_SYS_ADMIN). It survives execve and cannot be removed.
+pub fn install_seccomp(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: PR_SET_SECCOMP reads the sock_fprog and the `len` filters it
+    // points to; both outlive the call, and the kernel copies them.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret.into()).map(drop)
+}
+
 /// PR_SET_NO_NEW_PRIVS = 1: execve can never grant privileges again.
 pub fn set_no_new_privs() -> io::Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1)

@@ -161,6 +161,13 @@ fn privileges_are_reduced() {
     assert_eq!(field("CapBnd:"), "00000000a80425fb");
     assert_eq!(field("CapAmb:"), "0000000000000000");
     assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+
+    // The seccomp filter: no user namespaces, while fork still works.
+    let script = "unshare -U true; echo $?; (true) && echo forked";
+    let (_, out, err) = h.run("userns", &h.spec(&["sh", "-c", script]));
+    assert_eq!(out, "1\nforked\n", "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
 
     // CAP_MKNOD stays (docker's set), but a node made in the container opens
     // nothing: the root and /dev are nodev; the real nodes still work.

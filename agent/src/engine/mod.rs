@@ -9,7 +9,7 @@
 //!
 //! Map: `spawn` (engine side of stage 2) → `stage2` → `namespaces` →
 //! `container_init` (the setup steps: `rootfs`, `stdio`, `process`
-//! with `user` and `caps`); `cgroup` for limits and kill; `exit`
+//! with `user`, `caps` and `seccomp`); `cgroup` for limits and kill; `exit`
 //! decodes wait statuses; `channel` and `config` are the control socket.
 
 mod caps;
@@ -21,6 +21,7 @@ mod exit;
 mod namespaces;
 mod process;
 mod rootfs;
+mod seccomp;
 mod spawn;
 mod stage2;
 mod stdio;

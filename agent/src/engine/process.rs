@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::caps::{self, CapsError};
 use super::config::ProcessConfig;
+use super::seccomp;
 use super::user::{self, User, UserError};
 use crate::protocol::spec::Rlimit;
 use crate::sys;
@@ -65,6 +66,8 @@ pub enum ProcessError {
     Caps(#[from] CapsError),
     #[error("cannot set no_new_privs or reset signals")]
     Hardening(#[source] std::io::Error),
+    #[error("cannot install the seccomp filter")]
+    Seccomp(#[source] std::io::Error),
     #[error("cannot execute {0}")]
     Exec(String, #[source] std::io::Error),
 }
@@ -166,7 +169,8 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
 }
 
 /// Become the container's process, in this order: cwd, rlimits, bounding
-/// set, uid/gid/groups, capability sets, no_new_privs, default signals.
+/// set, uid/gid/groups, capability sets, no_new_privs, default signals,
+/// seccomp.
 pub fn apply_credentials(p: &Prepared) -> Result<(), ProcessError> {
     std::env::set_current_dir(&p.cwd).map_err(|e| ProcessError::Cwd(p.cwd.clone(), e))?;
     for (name, resource, limit) in &p.rlimits {
@@ -182,6 +186,9 @@ pub fn apply_credentials(p: &Prepared) -> Result<(), ProcessError> {
     caps::apply_default_set()?;
     sys::set_no_new_privs().map_err(ProcessError::Hardening)?;
     sys::reset_signals().map_err(ProcessError::Hardening)?;
+    // Last: from here on the filter applies to us too (it allows what is
+    // left: the wait for start and execve).
+    sys::install_seccomp(&seccomp::program()).map_err(ProcessError::Seccomp)?;
     sys::umask(0o022);
     Ok(())
 }
