@@ -23,7 +23,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
     let mut spec = h.spec(&[
         "sh",
         "-c",
-        "echo $$; hostname; echo $HOSTNAME; cat /etc/hostname; grep -c box /etc/hosts; grep ^0:: /proc/self/cgroup; cat /proc/self/mountinfo; echo NET; cat /proc/net/dev",
+        "echo $$; hostname; echo $HOSTNAME; cat /etc/hostname; grep -c box /etc/hosts; stat -c %a /etc/hosts; grep ^0:: /proc/self/cgroup; cat /proc/self/mountinfo; echo NET; cat /proc/net/dev",
     ]);
     spec.hostname = Some("box".into());
     let (exit, out, err) = h.run("iso", &spec);
@@ -34,6 +34,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
         assert_eq!(lines.next(), Some("box"));
     }
     assert_eq!(lines.next(), Some("1"), "box in /etc/hosts");
+    assert_eq!(lines.next(), Some("644"), "mode of /etc/hosts");
     assert_eq!(lines.next(), Some("0::/"), "cgroup namespace");
     let (mounts, net) = out.split_once("NET\n").unwrap();
     let allowed = [
@@ -45,7 +46,7 @@ fn container_sees_its_own_pid_hostname_mounts_and_network() {
         "/dev/mqueue",
         "/sys",
     ];
-    for line in mounts.lines().skip(6) {
+    for line in mounts.lines().skip(7) {
         let target = line.split_whitespace().nth(4).unwrap();
         // Masked kernel files, and the device nodes bound into /dev.
         let devices = ["null", "zero", "full", "random", "urandom", "tty"];

@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT};
@@ -369,7 +369,10 @@ pub fn write_identity_files(hostname: &str) -> Result<(), RootfsError> {
     );
     for (name, content) in [("hostname", format!("{hostname}\n")), ("hosts", hosts)] {
         let path = etc.join(name);
-        fs::write(&path, content).map_err(|e| RootfsError::Create(path, e))?;
+        // Stage 2 runs with umask 0: set the mode a new file should have.
+        fs::write(&path, content)
+            .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o644)))
+            .map_err(|e| RootfsError::Create(path, e))?;
     }
     Ok(())
 }
