@@ -4,9 +4,6 @@
 //! `start` boots a Linux kernel; `start_raw` boots hand-made machine code in long
 //! mode (spore's own test guests). Both share the steps after "what to load".
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,23 +11,16 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
-use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::{boot_params, gdt, mptable, paging, vm, Quirks};
+use crate::arch::{gdt, kernel, mptable, paging, vm, Quirks};
 use crate::bus::BusDevice;
 use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::{self, virtio, DeviceError, DeviceInfo};
 use crate::host::HostKvm;
-use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
-use crate::memory::{low_ram_end, GuestRam, MemoryError};
+use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Buses, StopLatch, VcpuError, VcpuSetup, VmExit};
 
-/// spore's own kernel command line, before devices, quirks and the user's extra.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 nomodule spore.exit_port=0xf4";
-/// Offset of the 64-bit entry point in a bzImage's protected-mode code.
-const BZIMAGE_ENTRY_64: u64 = 0x200;
 /// How often the event loop checks whether the VM is stopping.
 const EVENT_LOOP_TICK_MS: i32 = 100;
 
@@ -47,24 +37,10 @@ pub enum BuildError {
     Memory(#[from] MemoryError),
     #[error("creating the KVM VM")]
     Vm(#[from] vm::VmError),
-    #[error("cannot open kernel image {0}")]
-    KernelOpen(PathBuf, #[source] std::io::Error),
-    #[error("kernel image {path} is neither a loadable ELF vmlinux ({elf}) nor a bzImage ({bzimage}) — rebuild it with `make kernel`")]
-    KernelFormat {
-        path: PathBuf,
-        elf: String,
-        bzimage: String,
-    },
-    #[error("cannot read initramfs {0}")]
-    Initrd(PathBuf, #[source] std::io::Error),
+    #[error("loading the guest kernel")]
+    Kernel(#[from] kernel::KernelError),
     #[error("writing boot data into guest memory failed")]
     GuestWrite(#[source] vm_memory::GuestMemoryError),
-    #[error("kernel command line")]
-    Cmdline(#[source] linux_loader::cmdline::Error),
-    #[error("writing the kernel command line failed")]
-    LoadCmdline(#[source] linux_loader::loader::Error),
-    #[error("boot parameters")]
-    BootParams(#[from] boot_params::BootParamsError),
     #[error("boot page tables")]
     Paging(#[from] paging::PagingError),
     #[error("boot GDT")]
@@ -136,8 +112,9 @@ pub fn start(mut config: VmConfig) -> Result<VmHandle, BuildError> {
     let vm = vm::create(&kvm)?;
     vm::register_memory(&vm, ram.memory())?;
     // 4. Kernel, then initrd above it.
-    let kernel = load_kernel(ram.memory(), &config.kernel)?;
-    let initrd = load_initrd(&ram, kernel.kernel_end, config.initrd.as_deref())?;
+    let kernel = kernel::load(ram.memory(), &config.kernel)?;
+    let initrd = config.initrd.as_deref();
+    let initrd = kernel::load_initrd(ram.memory(), ram.size(), &kernel, initrd)?;
     // 5. Legacy devices, then virtio devices (their cmdline entries follow).
     let latch = Arc::new(StopLatch::new());
     let mut buses = Buses::default();
@@ -151,40 +128,23 @@ pub fn start(mut config: VmConfig) -> Result<VmHandle, BuildError> {
         .iter()
         .map(|d| virtio::cmdline_entry(d.base, d.gsi))
         .collect();
-    let cmdline = kernel_cmdline(&entries, quirks, &config.cmdline_extra);
-    let cmdline_size = write_cmdline(ram.memory(), &cmdline)?;
-    let inputs = boot_params::BootInputs {
-        cmdline_addr: CMDLINE_START,
-        cmdline_size,
-        initrd,
-    };
-    let params = boot_params::build(kernel.setup_header, ram.size(), &inputs)?;
-    boot_params::write(ram.memory(), &params)?;
+    let cmdline = kernel::cmdline(&entries, quirks, &config.cmdline_extra);
+    kernel::write_boot_data(ram.memory(), ram.size(), &kernel, &cmdline, initrd)?;
     write_long_mode_tables(ram.memory())?;
     mptable::write(ram.memory(), config.vcpus)?;
-    // 7. Event loop, then vCPUs.
-    let event_thread = spawn_event_loop(subscribers, &latch)?;
-    let entry = kernel_entry(&kernel);
-    let setup = VcpuSetup {
-        supported_cpuid: &kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(BuildError::Cpuid)?,
-        num_cpus: config.vcpus,
-        quirks,
-        entry,
-    };
-    let vcpu_threads = spawn_vcpus(&vm, &setup, buses, &latch)?;
-    log::info!("VM started in {:?}: {cmdline}", started.elapsed());
-    Ok(VmHandle {
-        latch,
-        vcpu_threads,
-        event_thread: Some(event_thread),
-        devices: infos,
-        started,
-        cmdline,
-        _vm: vm,
+    // 7. vCPUs, event loop, run.
+    let prepared = Prepared {
+        kvm,
+        vm,
         ram,
-    })
+        buses,
+        latch,
+        subscribers,
+        devices: infos,
+        cmdline,
+        started,
+    };
+    launch(prepared, config.vcpus, quirks, kernel::entry(&kernel))
 }
 
 /// Boots hand-made code on one vCPU in long mode, with the legacy devices and
@@ -223,27 +183,76 @@ pub fn start_raw(guest: RawGuest) -> Result<VmHandle, BuildError> {
             .insert(device, base, len)
             .map_err(DeviceError::from)?;
     }
-    // 4. Event loop and the vCPU.
-    let event_thread = spawn_event_loop(Vec::new(), &latch)?;
-    let setup = VcpuSetup {
-        supported_cpuid: &kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(BuildError::Cpuid)?,
-        num_cpus: 1,
-        quirks: Quirks::for_host(&host),
-        entry: guest.entry,
-    };
-    let vcpu_threads = spawn_vcpus(&vm, &setup, buses, &latch)?;
-    Ok(VmHandle {
-        latch,
-        vcpu_threads,
-        event_thread: Some(event_thread),
-        devices: Vec::new(),
-        started,
-        cmdline: String::new(),
-        _vm: vm,
+    // 4. The vCPU, event loop, run.
+    let prepared = Prepared {
+        kvm,
+        vm,
         ram,
-    })
+        buses,
+        latch,
+        subscribers: Vec::new(),
+        devices: Vec::new(),
+        cmdline: String::new(),
+        started,
+    };
+    launch(prepared, 1, Quirks::for_host(&host), guest.entry)
+}
+
+/// A VM whose memory and devices are ready, before any vCPU exists.
+struct Prepared {
+    kvm: Kvm,
+    vm: VmFd,
+    ram: GuestRam,
+    buses: Buses,
+    latch: Arc<StopLatch>,
+    subscribers: Vec<Subscriber>,
+    devices: Vec<DeviceInfo>,
+    cmdline: String,
+    started: Instant,
+}
+
+/// Creates the vCPUs, then hands everything to a `VmHandle` and starts the
+/// threads; if a thread cannot start, dropping the handle stops the others.
+fn launch(p: Prepared, num_cpus: u8, quirks: Quirks, entry: u64) -> Result<VmHandle, BuildError> {
+    let supported_cpuid = p
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(BuildError::Cpuid)?;
+    let setup = VcpuSetup {
+        supported_cpuid: &supported_cpuid,
+        num_cpus,
+        quirks,
+        entry,
+    };
+    let fds = (0..num_cpus)
+        .map(|i| vcpu::create(&p.vm, i, &setup))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut handle = VmHandle {
+        latch: p.latch,
+        vcpu_threads: Vec::new(),
+        event_thread: None,
+        devices: p.devices,
+        started: p.started,
+        cmdline: p.cmdline,
+        _vm: p.vm,
+        ram: p.ram,
+    };
+    handle.event_thread = Some(spawn_event_loop(p.subscribers, &handle.latch)?);
+    let buses = Arc::new(p.buses);
+    for (index, fd) in fds.into_iter().enumerate() {
+        let (buses, latch) = (buses.clone(), handle.latch.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("spore-vcpu{index}"))
+            .spawn(move || vcpu::run_vcpu(fd, index as u8, buses, latch))
+            .map_err(BuildError::Thread)?;
+        handle.vcpu_threads.push(thread);
+    }
+    log::info!(
+        "VM started in {:?}: {}",
+        handle.started.elapsed(),
+        handle.cmdline
+    );
+    Ok(handle)
 }
 
 impl VmHandle {
@@ -301,73 +310,12 @@ impl Drop for VmHandle {
     }
 }
 
-/// spore's kernel command line: base options, one entry per virtio device, the
-/// host quirks' options, then the caller's extra.
-pub fn kernel_cmdline(virtio_entries: &[String], quirks: Quirks, extra: &str) -> String {
-    let mut parts = vec![BASE_CMDLINE];
-    parts.extend(virtio_entries.iter().map(String::as_str));
-    parts.push(quirks.cmdline());
-    parts.push(extra.trim());
-    parts.retain(|p| !p.is_empty());
-    parts.join(" ")
-}
-
 fn detect_host() -> Result<HostKvm, BuildError> {
     let host = HostKvm::detect();
     match &host.problem {
         Some(problem) => Err(BuildError::NoKvm(problem.clone())),
         None => Ok(host),
     }
-}
-
-/// Loads an ELF vmlinux, or failing that a bzImage, at 1 MiB and up.
-fn load_kernel(mem: &GuestMemoryMmap<()>, path: &Path) -> Result<KernelLoaderResult, BuildError> {
-    let mut file = File::open(path).map_err(|e| BuildError::KernelOpen(path.into(), e))?;
-    let himem = Some(GuestAddress(HIMEM_START));
-    let elf = match Elf::load(mem, None, &mut file, himem) {
-        Ok(result) => return Ok(result),
-        Err(e) => e.to_string(),
-    };
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| BuildError::KernelOpen(path.into(), e))?;
-    BzImage::load(mem, None, &mut file, himem).map_err(|bz| BuildError::KernelFormat {
-        path: path.into(),
-        elf,
-        bzimage: bz.to_string(),
-    })
-}
-
-/// An ELF's entry is its 64-bit entry; a bzImage's is 0x200 into its code.
-fn kernel_entry(kernel: &KernelLoaderResult) -> u64 {
-    match kernel.setup_header {
-        Some(_) => kernel.kernel_load.0 + BZIMAGE_ENTRY_64,
-        None => kernel.kernel_load.0,
-    }
-}
-
-fn load_initrd(
-    ram: &GuestRam,
-    kernel_end: u64,
-    path: Option<&Path>,
-) -> Result<Option<(u64, u64)>, BuildError> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    let bytes = std::fs::read(path).map_err(|e| BuildError::Initrd(path.into(), e))?;
-    let addr =
-        boot_params::initrd_address(kernel_end, low_ram_end(ram.size()), bytes.len() as u64)?;
-    ram.memory()
-        .write_slice(&bytes, GuestAddress(addr))
-        .map_err(BuildError::GuestWrite)?;
-    Ok(Some((addr, bytes.len() as u64)))
-}
-
-/// Writes the command line; returns its size including the NUL.
-fn write_cmdline(mem: &GuestMemoryMmap<()>, text: &str) -> Result<u32, BuildError> {
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
-    cmdline.insert_str(text).map_err(BuildError::Cmdline)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BuildError::LoadCmdline)?;
-    Ok(text.len() as u32 + 1)
 }
 
 fn write_long_mode_tables(mem: &GuestMemoryMmap<()>) -> Result<(), BuildError> {
@@ -432,72 +380,4 @@ fn spawn_event_loop(
             }
         })
         .map_err(BuildError::Thread)
-}
-
-/// Creates every vCPU (all before any runs), then starts one thread each.
-fn spawn_vcpus(
-    vm: &VmFd,
-    setup: &VcpuSetup,
-    buses: Buses,
-    latch: &Arc<StopLatch>,
-) -> Result<Vec<JoinHandle<()>>, BuildError> {
-    let fds = (0..setup.num_cpus)
-        .map(|i| vcpu::create(vm, i, setup))
-        .collect::<Result<Vec<_>, _>>()?;
-    let buses = Arc::new(buses);
-    let mut threads = Vec::new();
-    for (index, fd) in fds.into_iter().enumerate() {
-        let (buses, latch) = (buses.clone(), latch.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("spore-vcpu{index}"))
-            .spawn(move || vcpu::run_vcpu(fd, index as u8, buses, latch))
-            .map_err(BuildError::Thread)?;
-        threads.push(thread);
-    }
-    Ok(threads)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cmdline_has_base_devices_quirks_and_extra_in_order() {
-        let entries = vec![
-            "virtio_mmio.device=4K@0xd0000000:5".to_string(),
-            "virtio_mmio.device=4K@0xd0001000:6".to_string(),
-        ];
-        let line = kernel_cmdline(&entries, Quirks { pvm: true }, " quiet ");
-        assert_eq!(
-            line,
-            "console=ttyS0 reboot=k panic=-1 nomodule spore.exit_port=0xf4 \
-             virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
-             noxsave clearcpuid=popcnt,smap quiet"
-        );
-    }
-
-    #[test]
-    fn cmdline_without_quirks_or_devices_is_the_base() {
-        assert_eq!(kernel_cmdline(&[], Quirks::NONE, ""), BASE_CMDLINE);
-        assert!(!kernel_cmdline(&[], Quirks::NONE, "").contains("noxsave"));
-    }
-
-    #[test]
-    fn exit_port_in_cmdline_matches_layout() {
-        let port = format!("spore.exit_port={:#x}", crate::layout::EXIT_PORT);
-        assert!(BASE_CMDLINE.contains(&port));
-    }
-
-    #[test]
-    fn corrupt_kernel_is_a_clear_error() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let path = std::env::temp_dir().join(format!("spore-bad-kernel-{}", std::process::id()));
-        std::fs::write(&path, b"not a kernel at all").unwrap();
-        let err = load_kernel(&mem, &path).unwrap_err();
-        std::fs::remove_file(&path).unwrap();
-        assert!(matches!(err, BuildError::KernelFormat { .. }), "{err:?}");
-        assert!(err.to_string().contains("make kernel"), "{err}");
-        let missing = load_kernel(&mem, Path::new("/nonexistent/vmlinux")).unwrap_err();
-        assert!(matches!(missing, BuildError::KernelOpen(..)));
-    }
 }

@@ -7,6 +7,7 @@
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
+pub mod kernel;
 pub mod mptable;
 pub mod paging;
 pub mod regs;
