@@ -177,7 +177,8 @@ impl DevicesState {
     }
 
     /// Recreates the virtio devices on `mem`, in slot order, for the builder to
-    /// wire like new ones. `vsock` gives a vsock device its new identity.
+    /// wire like new ones. `vsock` gives the vsock device (spore has at most one)
+    /// its new identity; see `devices::virtio::restore`.
     pub fn restore(
         &self,
         mem: &GuestMemoryMmap,
@@ -352,7 +353,19 @@ mod tests {
         let devices = vec![rng(&mem).unwrap(), rng(&mem).unwrap()];
         let state = DevicesState::capture(&devices);
         assert_eq!(state.virtio.len(), 2);
-        let restored = state.restore(&mem, None).unwrap();
+        // Through the state file, as a template saved to disk and loaded again.
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = dir.as_path().join("state");
+        let vm_state = VmState::new(
+            vec![VcpuState::default()],
+            VmArchState::default(),
+            state.clone(),
+            MemoryLayout::default(),
+        );
+        vm_state.save(&path).unwrap();
+        let loaded = VmState::load(&path).unwrap();
+        assert_eq!(loaded.devices, state);
+        let restored = loaded.devices.restore(&mem, None).unwrap();
         assert_eq!(restored.len(), 2);
         assert_eq!(DevicesState::capture(&restored), state);
     }
