@@ -33,6 +33,8 @@ pub enum ImportError {
         #[source]
         source: UnpackError,
     },
+    #[error("layer {0:?} is missing or not a regular file")]
+    NotAFile(PathBuf),
     #[error("cannot open layer {0:?}")]
     OpenLayer(PathBuf, #[source] std::io::Error),
     #[error("cannot build the filesystem image")]
@@ -130,6 +132,10 @@ pub fn apply_layers(
     mut budget: Budget,
 ) -> Result<(), ImportError> {
     for (index, layer) in parts.layers.iter().enumerate() {
+        // Checked before opening: opening a fifo would block.
+        if !fs::metadata(&layer.path).is_ok_and(|m| m.is_file()) {
+            return Err(ImportError::NotAFile(layer.path.clone()));
+        }
         let file =
             File::open(&layer.path).map_err(|e| ImportError::OpenLayer(layer.path.clone(), e))?;
         let digest = match (&layer.check.blob, &layer.check.diff_id) {

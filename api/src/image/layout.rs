@@ -80,11 +80,13 @@ pub fn read_layout(dir: &Path, limits: &Limits) -> Result<ImageParts, LayoutErro
             }
         };
         let picked = spec::pick_platform(&index)?.clone();
+        // Only the chosen entry's name: a layout may hold other images too.
         tags.extend(
-            index
-                .manifests
-                .iter()
-                .filter_map(|d| d.annotations.as_ref()?.get(REF_NAME).cloned()),
+            picked
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .cloned(),
         );
         let bytes = read_blob(dir, &picked, limits.max_json_bytes)?;
         doc = spec::parse_manifest_or_index(&bytes, limits.max_json_bytes)?;

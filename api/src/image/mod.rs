@@ -18,6 +18,7 @@ pub mod archive;
 pub mod config;
 pub mod digest;
 pub mod docker;
+pub mod entries;
 pub mod fsimage;
 pub mod import;
 pub mod layout;

@@ -103,6 +103,25 @@ impl Reference {
         })
     }
 
+    /// The name the store gives the image: docker hub's library images by their
+    /// short name (`busybox:latest`), anything else in full (`host:5000/app:v1`).
+    pub fn display_name(&self) -> String {
+        let repo = match self.registry.as_str() {
+            "registry-1.docker.io" => self
+                .name
+                .strip_prefix("library/")
+                .unwrap_or(&self.name)
+                .to_string(),
+            registry => format!("{registry}/{}", self.name),
+        };
+        let sep = if self.reference.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
+        format!("{repo}{sep}{}", self.reference)
+    }
+
     fn base(&self) -> String {
         let host = self
             .registry
@@ -164,11 +183,7 @@ pub fn pull(reference: &str, dest: &Path, limits: &Limits) -> Result<String, Reg
         client.download(&r, desc, dest)?;
     }
     // 3. The layout's own files.
-    let tag = if r.reference.starts_with("sha256:") {
-        format!("{}@{}", r.name, r.reference)
-    } else {
-        format!("{}:{}", r.name, r.reference)
-    };
+    let tag = r.display_name();
     let index = spec::Index {
         schema_version: 2,
         media_type: Some(spec::MEDIA_OCI_INDEX.to_string()),
@@ -369,6 +384,11 @@ mod tests {
             ("127.0.0.1:5000", "team/app", "v1")
         );
         assert_eq!(r.base(), "http://127.0.0.1:5000/v2/team/app");
+        assert_eq!(r.display_name(), "127.0.0.1:5000/team/app:v1");
+        assert_eq!(
+            Reference::parse("busybox").unwrap().display_name(),
+            "busybox:latest"
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Reference::parse(&format!("ghcr.io/o/app@{d}")).unwrap();
         assert_eq!(r.reference, d);

@@ -172,7 +172,8 @@ impl Store {
     /// or a tag (`busybox:latest`; `busybox` means `busybox:latest`).
     pub fn resolve(&self, name: &str) -> Result<Digest, StoreError> {
         let records = self.list()?;
-        let with_latest = if name.contains(':') {
+        let last = name.rsplit('/').next().unwrap_or(name);
+        let with_latest = if last.contains([':', '@']) {
             name.to_string()
         } else {
             format!("{name}:latest")
@@ -381,6 +382,8 @@ mod tests {
             store.resolve("nope"),
             Err(StoreError::NotFound(_))
         ));
+        let c = fake_image(&store, "c", &["localhost:5000/app:latest"]);
+        assert_eq!(store.resolve("localhost:5000/app").unwrap(), c);
         assert!(store.image_path(&a).is_file());
         assert!(store.config(&a).unwrap().rootfs.diff_ids.is_empty());
         store.remove(&a).unwrap();

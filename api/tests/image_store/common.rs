@@ -14,7 +14,8 @@ use crate::image::Store;
 pub fn test_images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("spore-test-images-{}", std::process::id()));
+        // Under target/tmp, rebuilt once per test run (the script is quick).
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spore-test-images");
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-test-images.sh");
         let status = Command::new("sh")

@@ -274,3 +274,16 @@ fn hostile_archive_paths() {
         .join("evil")
         .exists());
 }
+
+#[test]
+fn a_layer_that_is_not_a_file_is_refused_without_blocking() {
+    let scratch = Scratch::new("hostile-fifo");
+    let store = scratch.store();
+    let tar = tar_with_file("a", b"x");
+    let layout = write_layout(&scratch.0.join("f"), &[(tar.clone(), Digest::of(&tar))], "");
+    let blob = layout.join("blobs/sha256").join(Digest::of(&tar).hex());
+    fs::remove_file(&blob).unwrap();
+    crate::image::sys::mkfifo(&blob, 0o600).unwrap();
+    let msg = rejected_source(&store, &Source::Layout(layout));
+    assert!(msg.contains("not a regular file"), "{msg}");
+}

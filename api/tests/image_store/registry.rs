@@ -129,7 +129,9 @@ fn pulls_through_token_auth_and_an_index() {
         registry.token_requests.load(Ordering::Relaxed) >= 1,
         "token flow not used"
     );
-    assert_eq!(pulled.tags, vec!["test/twolayer:latest".to_string()]);
+    let name = format!("127.0.0.1:{}/test/twolayer:latest", registry.port);
+    assert_eq!(pulled.tags, vec![name.clone()]);
+    assert_eq!(store.resolve(&name).unwrap().to_string(), pulled.digest);
     assert_eq!(pulled.layers, 2);
     // The same image as importing the layout directly.
     let direct = import(&store, &Source::Layout(layout)).unwrap();
