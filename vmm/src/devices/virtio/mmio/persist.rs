@@ -27,6 +27,8 @@ pub enum MmioPersistError {
     Features { acked: u64, offered: u64 },
     #[error("saved queue {0} is malformed or outside guest memory")]
     BadQueue(usize),
+    #[error("restore needs a freshly created transport; this one has status {0:#x}")]
+    NotFresh(u32),
     #[error("activating the restored device failed")]
     Activate(#[source] DeviceError),
 }
@@ -146,6 +148,9 @@ impl MmioTransport {
     }
 
     fn check_fits(&self, state: &MmioTransportState) -> Result<(), MmioPersistError> {
+        if self.status != 0 {
+            return Err(MmioPersistError::NotFresh(self.status));
+        }
         let device = lock(&self.device);
         let actual = device.device_type();
         if state.device_type != actual {
