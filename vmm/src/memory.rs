@@ -70,11 +70,21 @@ impl GuestRam {
         Ok(GuestRam { memory, file, size })
     }
 
-    /// Forbids any further write, growth or shrink of the memfd. Existing
-    /// `MAP_SHARED` writable mappings make this fail with EBUSY, so seal a
-    /// template only after its own shared mapping is gone (or was never made).
+    /// Forbids any further write, growth or shrink of the memfd. The kernel
+    /// refuses (EBUSY) while a writable `MAP_SHARED` mapping exists, so this works
+    /// on a private (clone) mapping; a template uses `into_sealed_file`.
     pub fn seal(&self) -> Result<(), MemoryError> {
         seal_fd(&self.file)
+    }
+
+    /// Unmaps this RAM and seals its memfd, for clones to map `MAP_PRIVATE`.
+    /// Every other handle on the mapping (device copies of the memory) must be
+    /// dropped first, or sealing fails with EBUSY.
+    pub fn into_sealed_file(self) -> Result<File, MemoryError> {
+        let GuestRam { memory, file, .. } = self;
+        drop(memory);
+        seal_fd(&file)?;
+        Ok(file)
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap<()> {
@@ -222,6 +232,22 @@ mod tests {
         assert_eq!(b[0], 100);
         let after: u8 = clone.memory().read_obj(GuestAddress(0x10)).unwrap();
         assert_eq!(after, 101);
+    }
+
+    #[test]
+    fn template_seals_after_unmapping_and_clones_see_its_bytes() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.memory().write_obj(100u8, GuestAddress(0x10)).unwrap();
+        // Still mapped shared and writable: the kernel refuses the write seal.
+        assert!(matches!(ram.seal(), Err(MemoryError::Seal(_))));
+        let file = ram.into_sealed_file().unwrap();
+        assert_eq!(
+            file.write_at(&[1], 0).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        let clone = GuestRam::from_memfd_private(file, 1 << 20).unwrap();
+        let byte: u8 = clone.memory().read_obj(GuestAddress(0x10)).unwrap();
+        assert_eq!(byte, 100);
     }
 
     #[test]

@@ -280,3 +280,39 @@ fn int3_handler_returns_with_iretq() {
     let vm = start_raw(g).unwrap();
     assert_eq!(wait(&vm), VmExit::GuestError(0x55));
 }
+
+#[test]
+fn i8042_reset_command_reboots() {
+    if !kvm_available() {
+        return;
+    }
+    let code = vec![
+        0xe4, 0x64, // in al, 0x64     (status: input buffer empty)
+        0xa8, 0x02, // test al, 2
+        0x75, 0xfa, // jnz back to the `in`
+        0xb0, 0xfe, // mov al, 0xfe
+        0xe6, 0x64, // out 0x64, al    (pulse reset)
+        0xf4, // hlt
+    ];
+    let vm = start_raw(guest(code)).unwrap();
+    assert_eq!(wait(&vm), VmExit::Reboot);
+}
+
+#[test]
+fn exception_without_an_idt_is_a_triple_fault() {
+    if !kvm_available() {
+        return;
+    }
+    // An IDTR with limit 0: the #BP from int3 cannot be delivered, nor the #GP
+    // and #DF that follow.
+    let code = vec![
+        0xbb, 0x00, 0x31, 0x00, 0x00, // mov ebx, 0x3100
+        0x0f, 0x01, 0x1b, // lidt [rbx]
+        0xcc, // int3
+        0xf4, // hlt
+    ];
+    let mut g = guest(code);
+    g.load.push((IDTR, vec![0u8; 10]));
+    let vm = start_raw(g).unwrap();
+    assert_eq!(wait(&vm), VmExit::TripleFault);
+}
