@@ -14,6 +14,8 @@ use super::file::write_atomically;
 use super::MemoryLayout;
 
 const PAGE: usize = 4096;
+/// Compared against with memcmp, which is much faster than a byte loop.
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 /// The copy reads this much at a time.
 const CHUNK: usize = 1 << 20;
 
@@ -83,7 +85,7 @@ fn write_nonzero_pages(out: &File, buf: &[u8], at: u64) -> io::Result<u64> {
     let mut written = 0;
     let mut run: Option<usize> = None;
     for (i, page) in buf.chunks(PAGE).enumerate() {
-        let zero = page.iter().all(|&b| b == 0);
+        let zero = page == &ZERO_PAGE[..page.len()];
         match (zero, run) {
             (false, None) => run = Some(i * PAGE),
             (true, Some(start)) => {
