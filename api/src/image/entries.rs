@@ -315,6 +315,46 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
+    fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 256];
+        // SAFETY: NUL-terminated strings and a buffer of the length passed, all
+        // alive across the call.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    }
+
+    #[test]
+    fn pax_xattrs_are_applied_where_the_filesystem_allows() {
+        let root = scratch("xattr");
+        let probe = root.join("probe");
+        fs::write(&probe, b"").unwrap();
+        if sys::lsetxattr(&probe, b"user.probe", b"1").is_err() {
+            eprintln!("skipped: {} has no user xattrs", root.display());
+            return;
+        }
+        let tar = tar_of(|b| {
+            b.append_pax_extensions([("SCHILY.xattr.user.spore", &b"yes"[..])])
+                .unwrap();
+            file(b, "tagged", b"x", 0o644);
+        });
+        apply(&root, &tar).unwrap();
+        assert_eq!(
+            lgetxattr(&root.join("tagged"), "user.spore").as_deref(),
+            Some(&b"yes"[..])
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn refuses_traversal_and_absolute_names() {
         let root = scratch("traversal");
