@@ -331,3 +331,34 @@ fn a_restarted_daemon_readopts_its_sandboxes() {
     drop(d2);
     drop(d);
 }
+
+#[test]
+fn timeout_kills_the_process() {
+    if skip_unless_root() {
+        return;
+    }
+    let d = Daemon::start("timeout");
+    let body = json!({"image":"busybox","argv":["sleep","30"],"timeout":0.3,"isolation":"process"});
+    let t0 = Instant::now();
+    let (status, r) = d.json("POST", "/v1/run", Some(&body.to_string()));
+    assert_eq!(status, 200, "{r}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(r["exit_reason"], "timeout", "{r}");
+    assert_eq!(r["exit_code"], 128 + 9, "{r}");
+}
+
+#[test]
+fn tty_mode_gives_one_stream() {
+    if skip_unless_root() {
+        return;
+    }
+    let d = Daemon::start("tty");
+    let body = json!({"image":"busybox","argv":["sh","-c","tty; echo err >&2"],"tty":true,
+        "isolation":"process"});
+    let (status, r) = d.json("POST", "/v1/run", Some(&body.to_string()));
+    assert_eq!(status, 200, "{r}");
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.contains("/dev/pts/"), "{r}");
+    assert!(out.contains("err"), "stderr goes to the terminal too: {r}");
+    assert_eq!(r["stderr"], "");
+}

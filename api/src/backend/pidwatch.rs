@@ -96,7 +96,13 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pidfd = PidFd::open(child.id()).unwrap();
         assert_eq!(pidfd.pid(), child.id());
-        assert!(runs(child.id(), "sleep"));
+        // comm changes at exec; give a loaded machine a moment.
+        let start = std::time::Instant::now();
+        while !runs(child.id(), "sleep") && start.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id()));
+        assert!(runs(child.id(), "sleep"), "{comm:?}");
         pidfd.kill(libc::SIGKILL).unwrap();
         pidfd.wait_exit().unwrap();
         let status = child.wait().unwrap();

@@ -56,11 +56,13 @@ fn table(rows: &[&Value], now: u64) -> String {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let mut command = format!("\"{}\"", argv.join(" "));
-        if command.len() > 22 {
-            command.truncate(20);
-            command.push_str("…\"");
-        }
+        let joined = argv.join(" ");
+        let command = if joined.chars().count() > 20 {
+            format!("\"{}…\"", joined.chars().take(19).collect::<String>())
+        } else {
+            format!("\"{joined}\"")
+        };
+        let created = ago(now, r["created_at_ms"].as_u64().unwrap_or(now)) + " ago";
         out.push_str(&format!(
             "{:<14}{:<10}{:<24}{:<11}{:<28}{}\n",
             r["id"].as_str().unwrap_or(""),
@@ -68,10 +70,7 @@ fn table(rows: &[&Value], now: u64) -> String {
             command,
             r["isolation"].as_str().unwrap_or(""),
             status(r, now),
-            format!(
-                "{} ago",
-                ago(now, r["created_at_ms"].as_u64().unwrap_or(now))
-            ),
+            created,
         ));
     }
     out

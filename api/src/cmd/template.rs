@@ -52,10 +52,7 @@ pub fn run(command: TemplateCommand) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(0);
             }
-            println!(
-                "{:<12}{:<12}{:<8}{:<7}{}",
-                "NAME", "STATE", "MEMORY", "VCPUS", "VM ISOLATION"
-            );
+            println!("NAME        STATE       MEMORY  VCPUS  VM ISOLATION");
             for t in list.as_array().into_iter().flatten() {
                 println!(
                     "{:<12}{:<12}{:<8}{:<7}{}",

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use crate::server::http::{encode_frame, FrameKind};
 
+/// Where streamed output goes: a callback taking framed bytes.
+pub type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> io::Result<()>;
+
 /// How long a follower sleeps before re-checking (bounds a missed wakeup).
 const FOLLOW_RECHECK: Duration = Duration::from_millis(500);
 
@@ -92,7 +95,7 @@ impl OutputLog {
         &self,
         mut offset: u64,
         follow: bool,
-        out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+        out: Sink<'_>,
     ) -> io::Result<u64> {
         let mut file = File::open(&self.path)?;
         let mut buf = vec![0u8; 64 * 1024];

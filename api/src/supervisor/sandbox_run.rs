@@ -1,12 +1,12 @@
 //! The serverless path in one call: create a sandbox → pass on or collect its
 //! output → its exit → delete it, whatever happened to the caller meanwhile.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::output::Sink;
 use super::sandbox::{Record, Sandbox, SandboxState};
 use super::spec::SandboxSpec;
 use super::{Supervisor, SupervisorError};
@@ -37,7 +37,7 @@ impl Supervisor {
     pub fn run(
         self: &Arc<Self>,
         spec: &SandboxSpec,
-        stream: Option<&mut dyn FnMut(&[u8]) -> io::Result<()>>,
+        stream: Option<Sink<'_>>,
     ) -> Result<RunResult, SupervisorError> {
         let t0 = Instant::now();
         // 1. Create and start it.
@@ -51,7 +51,7 @@ impl Supervisor {
         self: &Arc<Self>,
         t0: Instant,
         sb: &Arc<Sandbox>,
-        stream: Option<&mut dyn FnMut(&[u8]) -> io::Result<()>>,
+        stream: Option<Sink<'_>>,
     ) -> RunResult {
         // 2. Its output, live or at the end.
         let streamed = stream.is_some();
