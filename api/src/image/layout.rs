@@ -15,6 +15,7 @@ use super::spec::{self, Descriptor, ImageConfig, ManifestOrIndex, SpecError};
 use super::unpack::LayerCheck;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Indexes pointing at indexes (docker's own `save` does one level) — at most this deep.
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -81,13 +82,7 @@ pub fn read_layout(dir: &Path, limits: &Limits) -> Result<ImageParts, LayoutErro
         };
         let picked = spec::pick_platform(&index)?.clone();
         // Only the chosen entry's name: a layout may hold other images too.
-        tags.extend(
-            picked
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REF_NAME))
-                .cloned(),
-        );
+        tags.extend(image_name(&picked));
         let bytes = read_blob(dir, &picked, limits.max_json_bytes)?;
         doc = spec::parse_manifest_or_index(&bytes, limits.max_json_bytes)?;
         chosen = Some(picked);
@@ -141,6 +136,16 @@ fn finish(
         layers,
         tags,
     })
+}
+
+/// The name an index entry gives its image: containerd's full name (docker 25+
+/// `save` puts only the tag in ref.name), else the OCI ref.name.
+fn image_name(desc: &Descriptor) -> Option<String> {
+    let annotations = desc.annotations.as_ref()?;
+    annotations
+        .get(CONTAINERD_NAME)
+        .or_else(|| annotations.get(REF_NAME))
+        .cloned()
 }
 
 /// Where a blob lives in a layout.
@@ -204,6 +209,23 @@ mod tests {
         let dir = std::env::temp_dir();
         let err = read_layout(&dir, &Limits::default()).err().unwrap();
         assert!(matches!(err, LayoutError::NotALayout(_)), "{err}");
+    }
+
+    #[test]
+    fn names_prefer_containerds_full_name() {
+        let mut desc: Descriptor = serde_json::from_str(
+            r#"{"digest":"sha256:x","size":1,"annotations":{"org.opencontainers.image.ref.name":"latest"}}"#,
+        )
+        .unwrap();
+        assert_eq!(image_name(&desc).as_deref(), Some("latest"));
+        desc.annotations.as_mut().unwrap().insert(
+            CONTAINERD_NAME.into(),
+            "docker.io/library/busybox:latest".into(),
+        );
+        assert_eq!(
+            image_name(&desc).as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
     }
 
     #[test]

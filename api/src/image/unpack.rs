@@ -214,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn zstd_layers_are_refused_clearly() {
+        let root = scratch("zstd");
+        let blob = [0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
+        let check = LayerCheck {
+            blob: None,
+            diff_id: None,
+        };
+        let err = apply_layer(
+            &root,
+            &blob[..],
+            &check,
+            &mut Budget::new(Limits::default()),
+        );
+        assert!(matches!(err, Err(UnpackError::Compression)), "{err:?}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn decompression_bomb_is_stopped() {
         let root = scratch("bomb");
         let tar = tar_of(|b| file(b, "zeros", &vec![0u8; 8 << 20], 0o644));
