@@ -116,8 +116,14 @@ fn linux_brings_up_a_second_vcpu_from_the_mp_table() {
 fn boot_to_init(vcpus: u8) -> String {
     let dir = std::env::temp_dir().join(format!("spore-linux-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    std::fs::write(&initrd, tiny_initramfs(b"#!/nonexistent\n")).unwrap();
+    // SPORE_TEST_INITRD boots another initramfs (e.g. the agent's) instead.
+    let initrd = match std::env::var_os("SPORE_TEST_INITRD") {
+        Some(path) => PathBuf::from(path),
+        None => dir.join("initramfs.cpio"),
+    };
+    if !initrd.exists() {
+        std::fs::write(&initrd, tiny_initramfs(b"#!/nonexistent\n")).unwrap();
+    }
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
 
