@@ -35,7 +35,6 @@ fn guest_kernel_runs_init() {
         log.contains("NET: Registered PF_VSOCK"),
         "no vsock in the guest:\n{log}"
     );
-    assert!(!log.contains("Kernel panic") || log.find("Kernel panic") > log.find("Run /init"));
 }
 
 /// The harness's vsock path on its own: a guest whose /init is a tiny vsock echo

@@ -263,7 +263,8 @@ impl Qemu {
         self.qemu.wait_timeout(timeout)
     }
 
-    /// An error if QEMU or the vsock backend has exited.
+    /// An error if QEMU or the vsock backend has exited, or the guest has stopped
+    /// (halted or panicked) while QEMU still runs.
     pub fn check_alive(&mut self) -> io::Result<()> {
         for child in [&mut self.qemu, &mut self.vhost] {
             if let Some(status) = child.try_status()? {
@@ -272,6 +273,9 @@ impl Qemu {
                     child.name()
                 )));
             }
+        }
+        if let Some(why) = guest_stopped(&self.serial_log()) {
+            return Err(io::Error::other(format!("the guest stopped: {why}")));
         }
         Ok(())
     }
@@ -346,6 +350,21 @@ fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Serial-log lines that mean the guest will do nothing more. The guest kernel has
+/// no ACPI, so a power-off only halts it and QEMU keeps running: the log is the
+/// only sign.
+const STOP_MARKERS: &[&str] = &[
+    "reboot: System halted",
+    "System halted instead",
+    "Kernel panic",
+];
+
+/// The first line of `log` showing that the guest stopped, if any.
+pub fn guest_stopped(log: &str) -> Option<&str> {
+    log.lines()
+        .find(|line| STOP_MARKERS.iter().any(|m| line.contains(m)))
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -409,6 +428,18 @@ mod tests {
             "console=ttyS0 quiet tsc=reliable tsc_early_khz=2596148 lpj=2000000 panic=-1"
         );
         assert!(!c.verbose().kernel_cmdline().contains("quiet"));
+    }
+
+    #[test]
+    fn halts_and_panics_are_noticed() {
+        let log = "[ 0.9] Run /init as init process\nspore-agent: fatal\n\
+                   [ 1.0] reboot: Power off not available: System halted instead\n";
+        assert_eq!(
+            guest_stopped(log),
+            Some("[ 1.0] reboot: Power off not available: System halted instead")
+        );
+        assert!(guest_stopped("[ 1.1] Kernel panic - not syncing: x").is_some());
+        assert_eq!(guest_stopped("[ 0.9] Run /init as init process\n"), None);
     }
 
     #[test]

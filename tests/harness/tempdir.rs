@@ -25,6 +25,7 @@ impl TempDir {
             .unwrap_or(0);
         let name = format!("{prefix}-{}-{n}-{nanos:x}", std::process::id());
         let path = std::env::temp_dir().join(name);
+        remove_stale(prefix);
         // `create_dir` (not `create_dir_all`) fails if the path exists, so two
         // harnesses never share a directory.
         std::fs::create_dir(&path)?;
@@ -37,6 +38,31 @@ impl TempDir {
     }
 }
 
+/// Removes `<prefix>-<pid>-*` dirs left by test processes that were killed before
+/// their destructors ran (their pid no longer exists).
+fn remove_stale(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = stale_pid(&name.to_string_lossy(), prefix) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The pid in a dir name made by [`TempDir::new`] with `prefix`.
+fn stale_pid(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (pid, rest) = rest.split_once('-')?;
+    rest.contains('-').then_some(())?;
+    pid.parse().ok()
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -46,6 +72,17 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_names_are_recognised() {
+        assert_eq!(
+            stale_pid("spore-tcg-17777-0-36e1ed41", "spore-tcg"),
+            Some(17777)
+        );
+        assert_eq!(stale_pid("spore-tcgx-17777-0-36e1ed41", "spore-tcg"), None);
+        assert_eq!(stale_pid("spore-tcg-abc-0-1", "spore-tcg"), None);
+        assert_eq!(stale_pid("spore-tcg-12", "spore-tcg"), None);
+    }
 
     #[test]
     fn directory_is_fresh_and_removed_on_drop() {
