@@ -31,7 +31,7 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 pub enum BuildError {
     #[error("invalid VM configuration")]
     Config(#[from] ConfigError),
-    #[error("/dev/kvm is not usable: {0}")]
+    #[error("/dev/kvm is not usable ({0}) — run as root or join the kvm group; `spore doctor` explains the host")]
     NoKvm(String),
     #[error("guest memory")]
     Memory(#[from] MemoryError),
