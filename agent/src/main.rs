@@ -53,7 +53,9 @@ struct Args {
     runtime: RuntimeKind,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, MainError> {
+/// Parses the flags. As PID 1 (`lenient`), words the kernel passed on from its
+/// command line are not ours: they are reported and skipped, never fatal.
+fn parse_args(args: &[String], lenient: bool) -> Result<Args, MainError> {
     let mut a = Args {
         listen: None,
         run_dir: PathBuf::from("/run/spore"),
@@ -79,6 +81,7 @@ fn parse_args(args: &[String]) -> Result<Args, MainError> {
                 }
             }
             "-h" | "--help" => return Err(MainError::Usage(String::new())),
+            other if lenient => eprintln!("spore-agent: ignoring argument {other:?}"),
             other => return Err(MainError::Usage(format!("unknown argument {other:?}"))),
         }
     }
@@ -118,7 +121,7 @@ fn make_runtime(a: &Args, pid1: bool) -> Result<Box<dyn Runtime>, MainError> {
 
 fn run(pid1: bool) -> Result<(), MainError> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = parse_args(&argv)?;
+    let args = parse_args(&argv, pid1)?;
     if pid1 {
         init::setup_pid1()?;
     } else {
@@ -171,30 +174,36 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let a = parse_args(&strings(&[
-            "--listen",
-            "unix:/tmp/s",
-            "--run-dir",
-            "/r",
-            "--runtime",
-            "plain",
-        ]))
+        let a = parse_args(
+            &strings(&[
+                "--listen",
+                "unix:/tmp/s",
+                "--run-dir",
+                "/r",
+                "--runtime",
+                "plain",
+            ]),
+            false,
+        )
         .unwrap();
         assert_eq!(a.listen, Some(ListenAddr::Unix("/tmp/s".into())));
         assert_eq!(a.run_dir, PathBuf::from("/r"));
         assert_eq!(a.runtime, RuntimeKind::Plain);
         assert_eq!(a.cgroup_root, None);
         assert!(matches!(
-            parse_args(&strings(&["--listen"])),
+            parse_args(&strings(&["--listen"]), false),
             Err(MainError::Usage(_))
         ));
         assert!(matches!(
-            parse_args(&strings(&["--bogus"])),
+            parse_args(&strings(&["--bogus"]), false),
             Err(MainError::Usage(_))
         ));
         assert!(matches!(
-            parse_args(&strings(&["--listen", "tcp:1"])),
+            parse_args(&strings(&["--listen", "tcp:1"]), false),
             Err(MainError::Listen(_))
         ));
+        // As PID 1, stray kernel command-line words are skipped.
+        let a = parse_args(&strings(&["nokaslr", "--runtime", "plain"]), true).unwrap();
+        assert_eq!(a.runtime, RuntimeKind::Plain);
     }
 }
