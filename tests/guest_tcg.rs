@@ -12,7 +12,7 @@ use std::time::Duration;
 use spore_agent::protocol::messages::PROTOCOL_VERSION;
 use spore_tests::agent::connect_agent;
 use spore_tests::fixtures;
-use spore_tests::qemu::{Qemu, QemuConfig, TcgTools, BOOT_TIMEOUT};
+use spore_tests::qemu::{GuestExit, Qemu, QemuConfig, TcgTools, BOOT_TIMEOUT};
 use spore_tests::skip_unless;
 use spore_tests::tempdir::TempDir;
 
@@ -73,9 +73,10 @@ fn vsock_echo_through_the_backend() {
         .contains("vsock-echo: listening on port 1024"));
 }
 
-/// The agent, as the guest's PID 1, answers `hello` over vsock port 1024.
+/// The agent, as the guest's PID 1, answers `hello` over vsock port 1024, and
+/// `shutdown` powers the guest off.
 #[test]
-fn agent_answers_hello() {
+fn agent_answers_hello_and_shuts_down() {
     let tools = skip_unless!(TcgTools::find());
     let mut config = QemuConfig::new(tools);
     // Bare words on the kernel command line become init's arguments. The plain
@@ -99,4 +100,11 @@ fn agent_answers_hello() {
     );
     assert!(hello.uptime_ms > 0 && u128::from(hello.uptime_ms) < t.as_millis() + 1000);
     assert_eq!(hello.sandbox_id, None);
+
+    // `shutdown` powers the guest off; the kernel reports it on the exit port.
+    client.shutdown().expect("shutdown");
+    let exit = vm
+        .wait_exit(Duration::from_secs(30))
+        .expect("wait for QEMU");
+    assert_eq!(exit, Some(GuestExit::PowerOff), "{}", vm.serial_log());
 }

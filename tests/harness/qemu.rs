@@ -12,6 +12,9 @@
 //! then puts `virtio_mmio.device=` entries on the kernel command line itself. PIT,
 //! PIC and RTC are on so the TSC calibrates; `tsc_early_khz` avoids the occasional
 //! calibration stall under load. vhost-user needs guest RAM in a shared memfd.
+//! Without ACPI a guest power-off only halts; spore's kernel reports power-off and
+//! panic on [`EXIT_PORT`] instead, where QEMU's `isa-debug-exit` ends QEMU with a
+//! status that [`GuestExit`] reads back.
 //! This is test infrastructure only, never a spore backend.
 
 use std::ffi::OsString;
@@ -31,6 +34,34 @@ use crate::tempdir::TempDir;
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The guest's vsock context id.
 pub const GUEST_CID: u32 = 3;
+/// The I/O port spore's guest kernel reports power-off (0) and panic (1) on when
+/// given `spore.exit_port=` (guest-kernel/patches/0002-spore-exit-port.patch) — the
+/// same port spore's VMM uses. QEMU's `isa-debug-exit` there ends QEMU with
+/// status `value << 1 | 1`.
+pub const EXIT_PORT: u16 = 0xf4;
+
+/// How the guest ended, from QEMU's exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest powered off (exit port value 0; QEMU status 1).
+    PowerOff,
+    /// The guest kernel panicked (exit port value 1; QEMU status 3).
+    Panic,
+    /// QEMU ended some other way (its own error, a signal, a reset with
+    /// `-no-reboot`): the raw status.
+    Other(ExitStatus),
+}
+
+impl GuestExit {
+    /// Classifies QEMU's exit status.
+    pub fn from_status(status: ExitStatus) -> GuestExit {
+        match status.code() {
+            Some(1) => GuestExit::PowerOff,
+            Some(3) => GuestExit::Panic,
+            _ => GuestExit::Other(status),
+        }
+    }
+}
 
 /// The programs and images a TCG guest needs.
 #[derive(Clone, Debug)]
@@ -118,6 +149,7 @@ impl QemuConfig {
         parts.push(format!("tsc_early_khz={}", self.tsc_khz));
         parts.push("lpj=2000000".into());
         parts.push("panic=-1".into());
+        parts.push(format!("spore.exit_port={EXIT_PORT:#x}"));
         parts.extend(self.cmdline_extra.iter().cloned());
         parts.join(" ")
     }
@@ -137,6 +169,10 @@ impl QemuConfig {
             &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
         ]);
         push(&["-nographic", "-no-reboot", "-monitor", "none"]);
+        push(&[
+            "-device",
+            &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x01"),
+        ]);
         push(&[
             "-serial",
             &format!("file:{}", dir.join("serial.log").display()),
@@ -258,9 +294,9 @@ impl Qemu {
     }
 
     /// Waits up to `timeout` for QEMU to exit by itself (the guest powered off or
-    /// panicked: `panic=-1` + `-no-reboot`).
-    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        self.qemu.wait_timeout(timeout)
+    /// panicked); `None` if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<GuestExit>> {
+        Ok(self.qemu.wait_timeout(timeout)?.map(GuestExit::from_status))
     }
 
     /// An error if QEMU or the vsock backend has exited, or the guest has stopped
@@ -405,6 +441,7 @@ mod tests {
         assert!(args.contains("-device vhost-user-vsock-device,chardev=c0"));
         assert!(args.contains("-serial file:/d/serial.log"));
         assert!(args.contains("-no-reboot"));
+        assert!(args.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x01"));
         assert!(args.contains("-kernel /k/vmlinux -initrd /k/initramfs.cpio"));
         assert!(!args.contains("virtio-blk-device"));
     }
@@ -425,7 +462,8 @@ mod tests {
         let c = config();
         assert_eq!(
             c.kernel_cmdline(),
-            "console=ttyS0 quiet tsc=reliable tsc_early_khz=2596148 lpj=2000000 panic=-1"
+            "console=ttyS0 quiet tsc=reliable tsc_early_khz=2596148 lpj=2000000 panic=-1 \
+             spore.exit_port=0xf4"
         );
         assert!(!c.verbose().kernel_cmdline().contains("quiet"));
     }
@@ -440,6 +478,20 @@ mod tests {
         );
         assert!(guest_stopped("[ 1.1] Kernel panic - not syncing: x").is_some());
         assert_eq!(guest_stopped("[ 0.9] Run /init as init process\n"), None);
+    }
+
+    #[test]
+    fn qemu_status_names_the_guest_exit() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |code: i32| ExitStatus::from_raw(code << 8);
+        assert_eq!(GuestExit::from_status(status(1)), GuestExit::PowerOff);
+        assert_eq!(GuestExit::from_status(status(3)), GuestExit::Panic);
+        assert_eq!(
+            GuestExit::from_status(status(0)),
+            GuestExit::Other(status(0))
+        );
+        let killed = ExitStatus::from_raw(9);
+        assert_eq!(GuestExit::from_status(killed), GuestExit::Other(killed));
     }
 
     #[test]
