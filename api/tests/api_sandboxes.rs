@@ -25,10 +25,16 @@ fn run_returns_output_and_exit_code() {
     assert_eq!(r["stderr"], "oops\n");
     assert_eq!(r["exit_code"], 3);
     assert_eq!(r["isolation"], "process");
-    // The sandbox is gone, and so is its agent.
+    // The sandbox is gone at once; its directory and agent right after.
     assert!(d.sandbox_ids().is_empty());
     let id = r["id"].as_str().unwrap();
-    assert!(!d.dir.join("sandboxes").join(id).exists());
+    let sandbox_dir = d.dir.join("sandboxes").join(id);
+    let t0 = Instant::now();
+    while sandbox_dir.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!sandbox_dir.exists());
+    assert!(processes_mentioning(&sandbox_dir.to_string_lossy()).is_empty());
     // Streamed: frames then an exit frame.
     let (status, body) = d.request("POST", "/v1/run?stream=1", Some(&spec(&["echo", "hi"])));
     assert_eq!(status, 200);

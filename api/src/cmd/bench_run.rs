@@ -7,6 +7,7 @@
 //! `--cgroup-manager=disabled`; the namespace is set up in the forked child
 //! before exec, so its cost (well under a millisecond) is inside the timing.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -49,6 +50,8 @@ struct RunBench {
     p99_ms: f64,
     /// The daemon's part: request to running process.
     create_p50_ms: f64,
+    /// Its steps (process isolation: agent_start, container_create, attach_start).
+    create_phases_p50_ms: BTreeMap<String, f64>,
     crun_p50_ms: Option<f64>,
     crun_p99_ms: Option<f64>,
     /// p50 / crun_p50.
@@ -65,6 +68,7 @@ pub fn run(args: BenchRunArgs) -> anyhow::Result<i32> {
     });
     // One warm-up run each, so page cache and binaries are hot on both sides.
     let (mut total_us, mut create_us) = (vec![], vec![]);
+    let mut phases_us: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for i in 0..=args.count {
         let t0 = Instant::now();
         let out = client.call("POST", "/v1/run", Some(&spec))?;
@@ -73,6 +77,10 @@ pub fn run(args: BenchRunArgs) -> anyhow::Result<i32> {
         if i > 0 {
             total_us.push(us);
             create_us.push((out["create_ms"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+            for (name, ms) in out["create_phases_ms"].as_object().into_iter().flatten() {
+                let us = (ms.as_f64().unwrap_or(0.0) * 1000.0) as u64;
+                phases_us.entry(name.clone()).or_default().push(us);
+            }
         }
     }
     let crun = if args.no_crun {
@@ -89,6 +97,10 @@ pub fn run(args: BenchRunArgs) -> anyhow::Result<i32> {
         p50_ms: p50,
         p99_ms: ms(&total_us, 99.0),
         create_p50_ms: ms(&create_us, 50.0),
+        create_phases_p50_ms: phases_us
+            .iter()
+            .map(|(k, v)| (k.clone(), ms(v, 50.0)))
+            .collect(),
         crun_p50_ms: crun_p50,
         crun_p99_ms: crun.as_ref().map(|c| ms(c, 99.0)),
         ratio_p50: crun_p50.filter(|c| *c > 0.0).map(|c| p50 / c),
@@ -102,6 +114,14 @@ pub fn run(args: BenchRunArgs) -> anyhow::Result<i32> {
          (daemon to running process p50 {:.2} ms)",
         result.isolation, result.count, result.p50_ms, result.p99_ms, result.create_p50_ms
     );
+    let phases: Vec<String> = result
+        .create_phases_p50_ms
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2} ms"))
+        .collect();
+    if !phases.is_empty() {
+        println!("  of which (p50): {}", phases.join(", "));
+    }
     if let (Some(c50), Some(c99), Some(r)) =
         (result.crun_p50_ms, result.crun_p99_ms, result.ratio_p50)
     {

@@ -46,24 +46,29 @@ fn adopt_one(sup: &Arc<Supervisor>, dir: std::path::PathBuf, rec: Record) {
                 .unwrap_or_else(|_| process::cgroup2_mount().join("spore").join(&rec.id));
             AgentProcess::adopt(pid, dir.join("agent.sock"), cgroup)
         });
+    let deleting = rec.state == SandboxState::Deleting;
     let sb = Arc::new(Sandbox::new(dir, rec, log));
+    if deleting {
+        // A delete the previous daemon did not finish: finish it.
+        if let Some(agent) = agent {
+            sb.agent.get_or_init(|| agent);
+        }
+        super::sandbox_delete::teardown(&sb);
+        let cgroup = process::cgroup2_mount().join("spore").join(&sb.id);
+        process::cleanup_cgroup(&cgroup);
+        return;
+    }
     sup.insert(sb.clone());
     match agent {
         Some(agent) => {
-            let agent = sb.agent.get_or_init(|| agent);
+            sb.agent.get_or_init(|| agent);
             if !finished {
                 follow_adopted(sup, &sb);
             }
-            let _ = agent;
         }
         None if !finished => {
             // Its agent is gone: the sandbox failed while no daemon watched it.
-            sb.update(|r| {
-                r.set_failed("its agent was gone when the daemon restarted".into());
-                if r.state == SandboxState::Creating {
-                    r.state = SandboxState::Failed;
-                }
-            });
+            sb.update(|r| r.set_failed("its agent was gone when the daemon restarted".into()));
             sb.log.close();
             let cgroup = process::cgroup2_mount().join("spore").join(&sb.id);
             process::cleanup_cgroup(&cgroup);

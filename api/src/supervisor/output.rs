@@ -91,12 +91,7 @@ impl OutputLog {
 
     /// Copies framed bytes from `offset` to `out` until the end of what is written
     /// now (`follow == false`) or until the log is closed. Returns the new offset.
-    pub fn copy_to(
-        &self,
-        mut offset: u64,
-        follow: bool,
-        out: Sink<'_>,
-    ) -> io::Result<u64> {
+    pub fn copy_to(&self, mut offset: u64, follow: bool, out: Sink<'_>) -> io::Result<u64> {
         let mut file = File::open(&self.path)?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {

@@ -6,6 +6,7 @@
 //! wakes everyone waiting in [`Sandbox::wait_until`]. The operations that drive
 //! the state live in `sandbox_*.rs`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -83,6 +84,10 @@ pub struct Record {
     pub finished_at_ms: Option<u64>,
     /// Request to running process: agent start, container create and start.
     pub create_ms: Option<f64>,
+    /// The steps inside `create_ms` (process isolation: agent_start,
+    /// container_create, attach_start).
+    #[serde(default)]
+    pub create_phases_ms: BTreeMap<String, f64>,
     /// Remove the sandbox once its process has ended (`run --rm`).
     pub auto_remove: bool,
     pub plan: Plan,
@@ -112,6 +117,7 @@ impl Record {
             started_at_ms: None,
             finished_at_ms: None,
             create_ms: None,
+            create_phases_ms: BTreeMap::new(),
             auto_remove,
             plan,
         }
@@ -189,10 +195,9 @@ impl Sandbox {
     pub fn update(&self, f: impl FnOnce(&mut Record)) {
         let mut rec = self.lock();
         f(&mut rec);
-        if rec.state != SandboxState::Deleting {
-            // Best effort: a record that cannot be written only costs re-adoption.
-            let _ = write_record(&self.dir, &rec);
-        }
+        // Best effort: a record that cannot be written (its directory is being
+        // removed) only costs re-adoption.
+        let _ = write_record(&self.dir, &rec);
         drop(rec);
         self.changed.notify_all();
     }

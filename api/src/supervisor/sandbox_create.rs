@@ -5,6 +5,7 @@
 //! A sandbox that cannot be created leaves nothing behind: its agent is stopped,
 //! its cgroup and directory removed, and the error goes back to the caller.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::sync::Arc;
 use std::thread;
@@ -116,14 +117,16 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
 fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, SupervisorError> {
     let plan = sb.record().plan;
     let backend = sup.process_backend()?;
+    let mut phase = Phases::start();
     let agent = backend.spawn(&sb.id, &sb.dir)?;
     let pid = agent.pid;
     let agent = sb.agent.get_or_init(|| agent);
-    sb.update(|r| r.agent_pid = Some(pid));
     let mut client = agent.client()?;
+    phase.mark("agent_start");
     client
         .create(&sb.id, &plan.container)
         .map_err(BackendError::from)?;
+    phase.mark("container_create");
     let attach = client.attach(&sb.id, None).map_err(BackendError::from)?;
     if let Some(data) = plan.stdin {
         // Written by a helper thread: the process may fill its output pipe before
@@ -135,7 +138,34 @@ fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, Super
         });
     }
     client.start(&sb.id).map_err(BackendError::from)?;
+    phase.mark("attach_start");
+    sb.update(|r| {
+        r.agent_pid = Some(pid);
+        r.create_phases_ms = phase.done;
+    });
     Ok(attach)
+}
+
+/// Durations of the steps of a create, for the record and `bench run`.
+struct Phases {
+    last: Instant,
+    done: BTreeMap<String, f64>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: BTreeMap::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        let ms = (now - self.last).as_secs_f64() * 1000.0;
+        self.done.insert(name.to_owned(), ms);
+        self.last = now;
+    }
 }
 
 /// Copies the main process's output into the log until it ends, then records

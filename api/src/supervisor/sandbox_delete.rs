@@ -1,17 +1,45 @@
-//! Deleting a sandbox, also while it runs: mark it deleting → kill the container
-//! and end the agent → remove its cgroup and directory → forget it.
+//! Deleting a sandbox, also while it runs: claim it (state `deleting`, persisted,
+//! so a daemon that dies half way finishes the job after its restart) → kill the
+//! container and end the agent → remove its cgroup and directory → forget it.
+//!
+//! `run` uses [`Supervisor::delete_in_background`]: the sandbox leaves the table
+//! at once and its teardown does not delay the answer.
 
 use std::fs;
 use std::sync::Arc;
 
-use super::sandbox::SandboxState;
+use super::sandbox::{Sandbox, SandboxState};
 use super::{Supervisor, SupervisorError};
 
 impl Supervisor {
     /// Deletes a sandbox. Without `force`, a running sandbox is refused (409).
     pub fn delete(self: &Arc<Self>, id: &str, force: bool) -> Result<(), SupervisorError> {
+        let sb = self.claim(id, force)?;
+        teardown(&sb);
+        self.forget(&sb.id);
+        Ok(())
+    }
+
+    /// Like `delete(id, true)`, but the teardown runs on a helper thread; the
+    /// sandbox is gone from the API when this returns.
+    pub fn delete_in_background(self: &Arc<Self>, id: &str) -> Result<(), SupervisorError> {
+        let sb = self.claim(id, true)?;
+        self.forget(&sb.id);
+        let spawned = std::thread::Builder::new()
+            .name("sandbox-teardown".into())
+            .spawn({
+                let sb = sb.clone();
+                move || teardown(&sb)
+            });
+        if spawned.is_err() {
+            teardown(&sb);
+        }
+        Ok(())
+    }
+
+    /// Step 1: mark it deleting; only one delete proceeds.
+    fn claim(&self, id: &str, force: bool) -> Result<Arc<Sandbox>, SupervisorError> {
         let sb = self.get(id)?;
-        // 1. Claim it: only one delete proceeds.
         let mut refused = None;
         let mut claimed = false;
         sb.update(|r| match r.state {
@@ -34,20 +62,20 @@ impl Supervisor {
         if !claimed {
             return Err(SupervisorError::NotFound(sb.id.clone()));
         }
-        // 2. Kill the container and end the agent.
-        if let Some(agent) = sb.agent.get() {
-            if let Ok(mut c) = agent.client() {
-                let _ = c.delete(&sb.id);
-            }
-            agent.stop();
-            agent.wait_exit();
-            // 3. Whatever the agent left in its cgroup goes too.
-            agent.cleanup_cgroup();
-        }
-        sb.log.close();
-        let _ = fs::remove_dir_all(&sb.dir);
-        // 4. Forget it.
-        self.forget(&sb.id);
-        Ok(())
+        Ok(sb)
     }
+}
+
+/// Steps 2–3: kill the container, end the agent, remove what is left.
+pub(super) fn teardown(sb: &Sandbox) {
+    if let Some(agent) = sb.agent.get() {
+        if let Ok(mut c) = agent.client() {
+            let _ = c.delete(&sb.id);
+        }
+        agent.stop();
+        agent.wait_exit();
+        agent.cleanup_cgroup();
+    }
+    sb.log.close();
+    let _ = fs::remove_dir_all(&sb.dir);
 }

@@ -1,6 +1,7 @@
 //! The serverless path in one call: create a sandbox → pass on or collect its
 //! output → its exit → delete it, whatever happened to the caller meanwhile.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ pub struct RunResult {
     pub stderr: Option<String>,
     /// Request to running process.
     pub create_ms: Option<f64>,
+    /// The steps inside `create_ms`.
+    pub create_phases_ms: BTreeMap<String, f64>,
     /// Request to exit.
     pub total_ms: f64,
 }
@@ -70,8 +73,8 @@ impl Supervisor {
                 Some(String::from_utf8_lossy(&err).into_owned()),
             )
         };
-        // 4. Delete it.
-        let _ = self.delete(&sb.id, true);
+        // 4. Delete it (the teardown does not delay the answer).
+        let _ = self.delete_in_background(&sb.id);
         let total = t0.elapsed();
         self.metrics.observe_run(&rec.isolation.to_string(), total);
         RunResult {
@@ -84,6 +87,7 @@ impl Supervisor {
             stdout,
             stderr,
             create_ms: rec.create_ms,
+            create_phases_ms: rec.create_phases_ms,
             total_ms: total.as_secs_f64() * 1000.0,
         }
     }

@@ -164,6 +164,14 @@ impl Drop for Daemon {
             for id in self.sandbox_ids() {
                 let _ = self.request("DELETE", &format!("/v1/sandboxes/{id}?force=1"), None);
             }
+            // Let background teardowns (after `run`) finish before the daemon goes.
+            let sandboxes = self.dir.join("sandboxes");
+            let start = Instant::now();
+            while std::fs::read_dir(&sandboxes).is_ok_and(|mut d| d.next().is_some())
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         self.kill();
         kill_processes_mentioning(&self.dir);
