@@ -200,7 +200,221 @@ fn wait(shared: &Shared, key: ProcKey) -> Result<ExitInfo, ErrorReply> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::protocol::spec::{ContainerSpec, ExecSpec, ExitReason};
+    use crate::server::{os, ProcessIo, Reaped, Runtime};
+
+    /// Containers as bare states; exits are injected by the test. Shares its
+    /// table so a test can end a container the way the reaper would.
+    #[derive(Default, Clone)]
+    struct FakeRuntime {
+        states: Arc<Mutex<HashMap<String, ContainerState>>>,
+    }
+
+    fn fake_io() -> ProcessIo {
+        let (r, _w) = os::pipe().unwrap();
+        ProcessIo {
+            stdin: None,
+            stdout: r,
+            stderr: None,
+        }
+    }
+
+    impl Runtime for FakeRuntime {
+        fn create(&mut self, id: &str, _: &ContainerSpec) -> Result<ProcessIo, RuntimeError> {
+            let st = ContainerState {
+                id: id.into(),
+                status: ContainerStatus::Created,
+                pid: 0,
+                exit: None,
+            };
+            lock(&self.states).insert(id.into(), st);
+            Ok(fake_io())
+        }
+        fn start(&mut self, id: &str) -> Result<(), RuntimeError> {
+            let mut states = lock(&self.states);
+            let st = states
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+            st.status = ContainerStatus::Running;
+            st.pid = 100;
+            Ok(())
+        }
+        fn exec(&mut self, _: &str, _: &ExecSpec) -> Result<(u32, ProcessIo), RuntimeError> {
+            Ok((200, fake_io()))
+        }
+        fn signal(&mut self, _: &str, _: i32) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+            lock(&self.states)
+                .get(id)
+                .cloned()
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))
+        }
+        fn list(&self) -> Vec<ContainerState> {
+            lock(&self.states).values().cloned().collect()
+        }
+        fn on_child_exit(&mut self, _: u32, _: i32) -> Option<Reaped> {
+            None
+        }
+        fn delete(&mut self, id: &str) -> Result<(), RuntimeError> {
+            lock(&self.states)
+                .remove(id)
+                .map(drop)
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))
+        }
+    }
+
+    fn exit(code: i32) -> ExitInfo {
+        ExitInfo {
+            code,
+            reason: ExitReason::Exited,
+            signal: None,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        }
+    }
+
+    fn code(r: Outcome) -> ErrorCode {
+        match r {
+            Err(e) => e.code,
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    fn ok(r: Outcome) -> Reply {
+        match r {
+            Ok(Action::Reply(r)) => r,
+            Ok(_) => panic!("expected a plain reply"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    fn c(name: &str) -> String {
+        name.into()
+    }
+
+    #[test]
+    fn lifecycle_rules_and_codes() {
+        let fake = FakeRuntime::default();
+        let sh = Shared::new(Box::new(fake.clone()), false);
+        let spec = ContainerSpec::default();
+        let create = || RequestBody::Create {
+            container: c("a"),
+            spec: spec.clone(),
+        };
+        assert_eq!(ok(handle(&sh, create())), Reply::Done);
+        assert_eq!(code(handle(&sh, create())), ErrorCode::AlreadyExists);
+        let attach = |exec_pid| RequestBody::Attach {
+            container: c("a"),
+            exec_pid,
+        };
+        assert!(matches!(handle(&sh, attach(None)), Ok(Action::Attach(_))));
+        assert_eq!(code(handle(&sh, attach(None))), ErrorCode::AlreadyAttached);
+        let exec = || RequestBody::Exec {
+            container: c("a"),
+            spec: ExecSpec::default(),
+        };
+        assert_eq!(code(handle(&sh, exec())), ErrorCode::InvalidState);
+        assert_eq!(
+            ok(handle(&sh, RequestBody::Start { container: c("a") })),
+            Reply::Done
+        );
+        assert_eq!(
+            code(handle(&sh, RequestBody::Start { container: c("a") })),
+            ErrorCode::InvalidState
+        );
+        assert_eq!(ok(handle(&sh, exec())), Reply::Exec { exec_pid: 200 });
+        assert_eq!(code(handle(&sh, attach(Some(7)))), ErrorCode::NotFound);
+
+        // The exec ends; a wait then answers at once, an unknown pid is not found.
+        sh.record_exit(Reaped {
+            container: c("a"),
+            exec_pid: Some(200),
+            exit: exit(4),
+        });
+        let wait = |exec_pid| RequestBody::Wait {
+            container: c("a"),
+            exec_pid,
+        };
+        assert_eq!(ok(handle(&sh, wait(Some(200)))), Reply::Exit(exit(4)));
+        assert_eq!(code(handle(&sh, wait(Some(7)))), ErrorCode::NotFound);
+
+        assert_eq!(
+            ok(handle(&sh, RequestBody::Delete { container: c("a") })),
+            Reply::Done
+        );
+        assert_eq!(
+            code(handle(&sh, RequestBody::State { container: c("a") })),
+            ErrorCode::NotFound
+        );
+        assert_eq!(code(handle(&sh, wait(Some(200)))), ErrorCode::NotFound);
+        assert!(lock(&sh.stdio).is_empty() && lock(&sh.exits).is_empty());
+    }
+
+    #[test]
+    fn wait_wakes_when_the_container_ends() {
+        let fake = FakeRuntime::default();
+        let sh = Arc::new(Shared::new(Box::new(fake.clone()), false));
+        let spec = ContainerSpec::default();
+        ok(handle(
+            &sh,
+            RequestBody::Create {
+                container: c("w"),
+                spec,
+            },
+        ));
+        ok(handle(&sh, RequestBody::Start { container: c("w") }));
+        let waiter = {
+            let sh = sh.clone();
+            std::thread::spawn(move || {
+                ok(handle(
+                    &sh,
+                    RequestBody::Wait {
+                        container: c("w"),
+                        exec_pid: None,
+                    },
+                ))
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        // What the reaper does: the runtime learns the exit, then the table does.
+        {
+            let mut states = lock(&fake.states);
+            let st = states.get_mut("w").unwrap();
+            st.status = ContainerStatus::Exited;
+            st.exit = Some(exit(9));
+        }
+        sh.record_exit(Reaped {
+            container: c("w"),
+            exec_pid: None,
+            exit: exit(9),
+        });
+        assert_eq!(waiter.join().unwrap(), Reply::Exit(exit(9)));
+    }
+
+    #[test]
+    fn hello_checks_the_version() {
+        let sh = Shared::new(Box::new(FakeRuntime::default()), false);
+        let Reply::Hello(info) = ok(handle(
+            &sh,
+            RequestBody::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            },
+        )) else {
+            panic!("not a hello reply");
+        };
+        assert!(!info.pid1 && info.sandbox_id.is_none());
+        let wrong = RequestBody::Hello {
+            protocol_version: PROTOCOL_VERSION + 1,
+        };
+        assert_eq!(code(handle(&sh, wrong)), ErrorCode::VersionMismatch);
+    }
 
     #[test]
     fn container_names() {
