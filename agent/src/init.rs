@@ -95,9 +95,14 @@ pub const CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids"];
 /// Where the engine's containers live in the guest's cgroup tree.
 pub const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup/spore";
 
+/// statfs magic numbers of the file systems an initramfs root can be.
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
 /// Guest PID 1 setup, in order. Mount failures are fatal: a guest without /proc
 /// or cgroups cannot run containers.
 pub fn setup_pid1() -> Result<(), InitError> {
+    leave_initramfs()?;
     for m in MOUNTS {
         mkdir(m.target)?;
         os::mount(m.source, m.target, m.fstype, m.flags, m.data)
@@ -106,6 +111,34 @@ pub fn setup_pid1() -> Result<(), InitError> {
     console_fds();
     enable_controllers(Path::new("/sys/fs/cgroup"), Path::new(GUEST_CGROUP_ROOT))
 }
+
+/// Moves the root onto a fresh tmpfs when the agent runs from the initramfs.
+///
+/// The initramfs is the root of the whole mount tree, and pivot_root(2) cannot
+/// move that root away, so containers could then only be chroot'ed (weaker: a
+/// chroot is escapable with CAP_SYS_CHROOT). After `switch_root`'s dance — mount
+/// a tmpfs, move it over `/`, chroot into it — the root is an ordinary mount and
+/// every container gets a real pivot_root. The agent binary stays mapped; nothing
+/// else from the initramfs is needed.
+fn leave_initramfs() -> Result<(), InitError> {
+    let on_initramfs = matches!(os::fs_type("/"), Ok(RAMFS_MAGIC | TMPFS_MAGIC))
+        && !Path::new(SWITCHED_MARKER).exists();
+    if !on_initramfs {
+        return Ok(());
+    }
+    const NEW_ROOT: &str = "/.spore-root";
+    mkdir(NEW_ROOT)?;
+    os::mount("tmpfs", NEW_ROOT, "tmpfs", libc::MS_NOSUID, "mode=0755")
+        .map_err(|e| InitError::Mount(NEW_ROOT, e))?;
+    std::env::set_current_dir(NEW_ROOT).map_err(|e| InitError::Mkdir(NEW_ROOT.into(), e))?;
+    os::mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| InitError::Mount("/", e))?;
+    os::chroot(".").map_err(|e| InitError::Mount("/ (chroot)", e))?;
+    std::env::set_current_dir("/").map_err(|e| InitError::Mkdir("/".into(), e))?;
+    fs::write(SWITCHED_MARKER, b"").map_err(|e| InitError::Mkdir(SWITCHED_MARKER.into(), e))
+}
+
+/// Left in the new root so a restarted agent does not switch twice.
+const SWITCHED_MARKER: &str = "/.spore-switched-root";
 
 /// Host mode: adopt orphaned descendants so the reaper sees their exits.
 pub fn setup_host() -> Result<(), InitError> {

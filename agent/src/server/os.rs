@@ -185,6 +185,24 @@ pub fn mount(
     Ok(())
 }
 
+/// chroot(2).
+pub fn chroot(path: &str) -> Result<(), OsError> {
+    let p = cstring("path", path)?;
+    // SAFETY: `p` is a NUL-terminated string that outlives the call.
+    check("chroot", unsafe { libc::chroot(p.as_ptr()) })?;
+    Ok(())
+}
+
+/// The file system type (statfs f_type) of the file system holding `path`.
+pub fn fs_type(path: &str) -> Result<i64, OsError> {
+    let p = cstring("path", path)?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is NUL-terminated and `st` is a valid, writable statfs.
+    check("statfs", unsafe { libc::statfs(p.as_ptr(), &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
 /// Sets a tty's window size (TIOCSWINSZ) through its master.
 pub fn set_winsize(fd: &OwnedFd, rows: u16, cols: u16) -> Result<(), OsError> {
     let ws = libc::winsize {
