@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{gdt, kernel, mptable, paging, vm, Quirks};
 use crate::bus::BusDevice;
@@ -21,8 +22,9 @@ use crate::host::HostKvm;
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, Buses, StopLatch, VcpuError, VcpuSetup, VmExit};
 
-/// How often the event loop checks whether the VM is stopping.
-const EVENT_LOOP_TICK_MS: i32 = 100;
+/// How often the event loop checks whether the VM is stopping, should a wake-up
+/// from the stop latch be missed.
+const EVENT_LOOP_TICK_MS: i32 = 1000;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -61,6 +63,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("spawning a VM thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("creating the event loop's stop eventfd failed")]
+    StopEventFd(#[source] std::io::Error),
 }
 
 /// Hand-made machine code booted directly in 64-bit mode (test guests).
@@ -300,7 +304,7 @@ impl Drop for VmHandle {
             // A kick can land while the thread is outside KVM_RUN; repeat until it leaves.
             while !thread.is_finished() {
                 self.latch.kick_all();
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
             let _ = thread.join();
         }
@@ -360,6 +364,22 @@ fn attach_all_virtio(
     Ok((infos, subscribers))
 }
 
+/// Wakes the event loop when the VM starts stopping, so teardown does not wait
+/// for the next tick.
+struct StopWake(EventFd);
+
+impl MutEventSubscriber for StopWake {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            log::warn!("event loop will notice a stop only on its tick: {e:?}");
+        }
+    }
+}
+
 /// Runs the device event loop on its own thread until the VM stops.
 fn spawn_event_loop(
     subscribers: Vec<Subscriber>,
@@ -369,6 +389,9 @@ fn spawn_event_loop(
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
+    let wake = EventFd::new(EFD_NONBLOCK).map_err(BuildError::StopEventFd)?;
+    latch.add_waker(wake.try_clone().map_err(BuildError::StopEventFd)?);
+    manager.add_subscriber(Arc::new(Mutex::new(StopWake(wake))));
     let latch = latch.clone();
     std::thread::Builder::new()
         .name("spore-events".into())

@@ -12,6 +12,7 @@ use std::sync::{Condvar, Mutex, Once};
 use std::time::Duration;
 
 use kvm_bindings::kvm_run;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 /// Why a VM ended.
@@ -88,6 +89,8 @@ pub struct StopLatch {
     done: Condvar,
     /// Threads inside a vCPU loop; a thread leaves the list before it exits.
     threads: Mutex<Vec<libc::pthread_t>>,
+    /// Written once the VM is stopping, to wake threads that poll (the event loop).
+    wakers: Mutex<Vec<EventFd>>,
 }
 
 impl StopLatch {
@@ -110,7 +113,24 @@ impl StopLatch {
         self.stopping.store(true, Ordering::SeqCst);
         self.done.notify_all();
         self.kick_all();
+        self.wake_all();
         first
+    }
+
+    /// Has `waker` written when the VM starts stopping (at once if it already has).
+    pub fn add_waker(&self, waker: EventFd) {
+        self.wakers.lock().expect("stop latch poisoned").push(waker);
+        if self.is_stopping() {
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&self) {
+        for waker in self.wakers.lock().expect("stop latch poisoned").iter() {
+            if let Err(e) = waker.write(1) {
+                log::warn!("cannot wake a VM thread: {e}");
+            }
+        }
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -200,6 +220,19 @@ mod tests {
         let t = std::thread::spawn(move || l.request(VmExit::PowerOff));
         assert_eq!(latch.wait(None), Some(VmExit::PowerOff));
         assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn stopping_writes_the_wakers() {
+        let latch = StopLatch::new();
+        let before = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        latch.add_waker(before.try_clone().unwrap());
+        assert!(before.read().is_err(), "not written before the stop");
+        latch.request(VmExit::Stopped);
+        assert_eq!(before.read().unwrap(), 1);
+        let after = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        latch.add_waker(after.try_clone().unwrap());
+        assert_eq!(after.read().unwrap(), 1);
     }
 
     #[test]
