@@ -34,7 +34,14 @@ fn run_returns_output_and_exit_code() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!sandbox_dir.exists());
-    assert!(processes_mentioning(&sandbox_dir.to_string_lossy()).is_empty());
+    // Its agent went too: what is left are the daemon's idle agents (pool of 4).
+    let agents = d.dir.join("agents");
+    let count = || std::fs::read_dir(&agents).map(|d| d.count()).unwrap_or(0);
+    while count() != 4 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(), 4);
+    assert_eq!(processes_mentioning(&agents.to_string_lossy()).len(), 4);
     // Streamed: frames then an exit frame.
     let (status, body) = d.request("POST", "/v1/run?stream=1", Some(&spec(&["echo", "hi"])));
     assert_eq!(status, 200);
@@ -187,6 +194,7 @@ fn delete_while_running_leaves_nothing() {
     let id = create(&d, &["sleep", "300"]);
     let (_, v) = d.json("GET", &format!("/v1/sandboxes/{id}"), None);
     let agent_pid = v["agent_pid"].as_i64().unwrap();
+    let agent_dir = std::path::PathBuf::from(v["agent_dir"].as_str().unwrap());
     assert!(std::path::Path::new(&format!("/proc/{agent_pid}")).exists());
     // Without force: refused.
     let (status, v) = d.json("DELETE", &format!("/v1/sandboxes/{id}"), None);
@@ -197,8 +205,8 @@ fn delete_while_running_leaves_nothing() {
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert_eq!(d.json("GET", &format!("/v1/sandboxes/{id}"), None).0, 404);
     assert!(!d.dir.join("sandboxes").join(&id).exists());
-    let sandbox_dir = d.dir.join("sandboxes").join(&id);
-    assert!(processes_mentioning(&sandbox_dir.to_string_lossy()).is_empty());
+    assert!(processes_mentioning(&agent_dir.to_string_lossy()).is_empty());
+    assert!(!agent_dir.exists());
     assert!(!std::path::Path::new(&format!("/proc/{agent_pid}/cmdline")).exists());
 }
 
@@ -284,12 +292,8 @@ fn a_dead_agent_means_a_failed_sandbox() {
     let (_, v) = d.json("POST", &format!("/v1/sandboxes/{id}/wait"), None);
     assert_eq!(v["state"], "failed", "{v}");
     assert!(v["error"].as_str().unwrap().contains("agent"), "{v}");
-    assert!(!d
-        .dir
-        .join("sandboxes")
-        .join(&id)
-        .join("agent.sock")
-        .exists());
+    let agent_dir = v["agent_dir"].as_str().unwrap();
+    assert!(!std::path::Path::new(agent_dir).join("agent.sock").exists());
     let (status, _) = d.request("DELETE", &format!("/v1/sandboxes/{id}"), None);
     assert_eq!(status, 204);
 }

@@ -9,6 +9,7 @@
 //! Not here: sandbox state and orchestration (`supervisor`), HTTP (`server`).
 
 pub mod pidwatch;
+pub mod pool;
 pub mod process;
 pub mod vm;
 

@@ -21,6 +21,8 @@ use spore_agent::protocol::spec::Limits;
 use super::pidwatch::{self, PidFd};
 use super::BackendError;
 
+/// The file holding an agent's pid, in its directory.
+pub const PID_FILE: &str = "agent.pid";
 /// The agent's program name, as /proc/PID/comm shows it.
 const AGENT_COMM: &str = "spore-agent";
 /// How long a fresh agent may take to listen.
@@ -59,7 +61,8 @@ impl ProcessBackend {
         })
     }
 
-    /// Starts the agent for sandbox `id` in `dir` and waits until it listens.
+    /// Starts an agent named `id` (its cgroup's name) with its files in `dir`, and
+    /// waits until it listens.
     pub fn spawn(&self, id: &str, dir: &Path) -> Result<AgentProcess, BackendError> {
         let socket = dir.join("agent.sock");
         let run_dir = dir.join("agent");
@@ -82,12 +85,18 @@ impl ProcessBackend {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: setsid is async-signal-safe and touches no memory; running it
-        // between fork and exec only moves the child into a new session, so the
-        // agent outlives signals sent to the daemon's process group.
+        // SAFETY: setsid, sigemptyset and pthread_sigmask are async-signal-safe;
+        // the only memory touched is a sigset on this stack. Between fork and exec
+        // they move the child into a new session (so the agent outlives signals
+        // sent to the daemon's process group) and clear its signal mask.
         unsafe {
             cmd.pre_exec(|| {
                 libc::setsid();
+                // The daemon blocks SIGTERM/SIGINT for its signal thread; the
+                // agent and its containers must not inherit that mask.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 Ok(())
             });
         }
@@ -99,8 +108,11 @@ impl ProcessBackend {
             child: Mutex::new(Some(child)),
             pidfd: None,
             endpoint: Endpoint::Unix(socket),
+            dir: dir.to_owned(),
             cgroup,
         };
+        // The pid file lets a restarted daemon find agents no sandbox names.
+        let _ = fs::write(dir.join(PID_FILE), agent.pid.to_string());
         if let Err(e) = agent.wait_listening(&log_path) {
             agent.kill();
             agent.wait_exit();
@@ -188,13 +200,15 @@ pub struct AgentProcess {
     /// Set when the agent was re-adopted from a previous daemon.
     pidfd: Option<PidFd>,
     pub endpoint: Endpoint,
+    /// Its socket, log, pid file and run directory.
+    pub dir: PathBuf,
     pub cgroup: PathBuf,
 }
 
 impl AgentProcess {
-    /// Re-adopts the agent a previous daemon started, if `pid` is still that agent
-    /// and it answers on `socket`.
-    pub fn adopt(pid: u32, socket: PathBuf, cgroup: PathBuf) -> Option<AgentProcess> {
+    /// Re-adopts the agent a previous daemon started in `dir`, if `pid` is still
+    /// that agent and it answers on its socket.
+    pub fn adopt(pid: u32, dir: &Path, cgroup: PathBuf) -> Option<AgentProcess> {
         if !pidwatch::runs(pid, AGENT_COMM) {
             return None;
         }
@@ -203,7 +217,8 @@ impl AgentProcess {
             pid,
             child: Mutex::new(None),
             pidfd: Some(pidfd),
-            endpoint: Endpoint::Unix(socket),
+            endpoint: Endpoint::Unix(dir.join("agent.sock")),
+            dir: dir.to_owned(),
             cgroup,
         };
         let mut client = agent.client().ok()?;
@@ -425,7 +440,7 @@ mod tests {
         // Our own pid is not an agent: adoption must refuse it.
         AgentProcess::adopt(
             std::process::id(),
-            "/nonexistent".into(),
+            Path::new("/nonexistent"),
             "/nonexistent".into(),
         )
         .is_some()

@@ -101,6 +101,40 @@ pub fn serve(sup: Arc<Supervisor>, config: ServeConfig) -> Result<(), ServerErro
     Ok(())
 }
 
+/// Blocks SIGTERM and SIGINT in the calling thread and in every thread started
+/// after it, so that [`on_termination`] can take them with `sigwait`. Call it
+/// before any other thread starts. Processes the daemon spawns reset the mask.
+pub fn block_termination_signals() {
+    // SAFETY: the sigset lives on this stack for the calls; the calls only read
+    // or write it and this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Runs `f` on a helper thread when SIGTERM or SIGINT arrives, then exits.
+pub fn on_termination(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: the sigset and `sig` live on this stack for the calls; sigwait
+        // only reads the set and writes `sig`.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigwait(&set, &mut sig);
+        }
+        eprintln!("spore: signal {sig}: stopping idle agents; sandboxes keep running");
+        f();
+        std::process::exit(0);
+    });
+}
+
 /// Binds the unix socket with mode 0600, replacing a stale socket file but never
 /// a live daemon's.
 fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {

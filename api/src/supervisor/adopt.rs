@@ -7,6 +7,7 @@
 //! previous daemon). Its exit is still recorded.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
@@ -32,20 +33,17 @@ pub fn adopt_all(sup: &Arc<Supervisor>) {
     }
 }
 
-fn adopt_one(sup: &Arc<Supervisor>, dir: std::path::PathBuf, rec: Record) {
+fn adopt_one(sup: &Arc<Supervisor>, dir: PathBuf, rec: Record) {
     let log = OutputLog::reopen(&dir.join("output.log"), rec.state.is_finished());
     let finished = rec.state.is_finished();
     let auto_remove = rec.auto_remove;
-    let agent = (rec.isolation == Isolation::Process)
-        .then_some(rec.agent_pid)
-        .flatten()
-        .and_then(|pid| {
-            let cgroup = sup
-                .process_backend()
-                .map(|b| b.cgroup_parent.join(&rec.id))
-                .unwrap_or_else(|_| process::cgroup2_mount().join("spore").join(&rec.id));
-            AgentProcess::adopt(pid, dir.join("agent.sock"), cgroup)
-        });
+    let cgroup = agent_cgroup(sup, &rec);
+    let agent = match (rec.isolation, rec.agent_pid, &rec.agent_dir, &cgroup) {
+        (Isolation::Process, Some(pid), Some(agent_dir), Some(cgroup)) => {
+            AgentProcess::adopt(pid, agent_dir, cgroup.clone())
+        }
+        _ => None,
+    };
     let deleting = rec.state == SandboxState::Deleting;
     let sb = Arc::new(Sandbox::new(dir, rec, log));
     if deleting {
@@ -54,8 +52,7 @@ fn adopt_one(sup: &Arc<Supervisor>, dir: std::path::PathBuf, rec: Record) {
             sb.agent.get_or_init(|| agent);
         }
         super::sandbox_delete::teardown(&sb);
-        let cgroup = process::cgroup2_mount().join("spore").join(&sb.id);
-        process::cleanup_cgroup(&cgroup);
+        reap_agent_leftovers(&sb, cgroup.as_deref());
         return;
     }
     sup.insert(sb.clone());
@@ -70,13 +67,32 @@ fn adopt_one(sup: &Arc<Supervisor>, dir: std::path::PathBuf, rec: Record) {
             // Its agent is gone: the sandbox failed while no daemon watched it.
             sb.update(|r| r.set_failed("its agent was gone when the daemon restarted".into()));
             sb.log.close();
-            let cgroup = process::cgroup2_mount().join("spore").join(&sb.id);
-            process::cleanup_cgroup(&cgroup);
+            reap_agent_leftovers(&sb, cgroup.as_deref());
         }
         None => {}
     }
     if auto_remove && sb.state().is_finished() {
         let _ = sup.delete(&sb.id, true);
+    }
+}
+
+/// The cgroup of the agent a record names.
+fn agent_cgroup(sup: &Supervisor, rec: &Record) -> Option<PathBuf> {
+    let name = rec.agent_dir.as_ref()?.file_name()?.to_owned();
+    let parent = sup
+        .process_backend()
+        .map(|b| b.cgroup_parent)
+        .unwrap_or_else(|_| process::cgroup2_mount().join("spore"));
+    Some(parent.join(name))
+}
+
+/// What a dead agent left: processes in its cgroup, the cgroup, its directory.
+fn reap_agent_leftovers(sb: &Sandbox, cgroup: Option<&Path>) {
+    if let Some(cgroup) = cgroup {
+        process::cleanup_cgroup(cgroup);
+    }
+    if let Some(dir) = sb.record().agent_dir {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 

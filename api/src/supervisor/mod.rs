@@ -26,6 +26,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use crate::backend::pool::AgentPool;
 use crate::backend::process::ProcessBackend;
 use crate::backend::{BackendError, Isolation};
 pub use sandbox::{Record, Sandbox, SandboxState};
@@ -66,6 +67,8 @@ pub struct SupervisorConfig {
     pub run_dir: PathBuf,
     /// Isolation of sandboxes whose spec names none.
     pub default_isolation: Isolation,
+    /// Idle agents kept ready for process sandboxes.
+    pub agent_pool: usize,
 }
 
 /// The daemon's sandboxes.
@@ -73,7 +76,7 @@ pub struct Supervisor {
     pub config: SupervisorConfig,
     sandboxes: Mutex<BTreeMap<String, Arc<Sandbox>>>,
     pub metrics: metrics::Metrics,
-    process: OnceLock<Result<ProcessBackend, String>>,
+    agents: OnceLock<Result<Arc<AgentPool>, String>>,
 }
 
 impl Supervisor {
@@ -84,7 +87,7 @@ impl Supervisor {
             config,
             sandboxes: Mutex::new(BTreeMap::new()),
             metrics: metrics::Metrics::default(),
-            process: OnceLock::new(),
+            agents: OnceLock::new(),
         });
         let dir = sup.sandboxes_dir();
         std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::Io {
@@ -93,7 +96,28 @@ impl Supervisor {
             source,
         })?;
         adopt::adopt_all(&sup);
+        if let Ok(pool) = sup.agents() {
+            let in_use: Vec<PathBuf> = sup
+                .table()
+                .values()
+                .filter_map(|sb| sb.record().agent_dir)
+                .collect();
+            pool.reap_strays(&in_use);
+            pool.refill();
+        }
         Ok(sup)
+    }
+
+    /// Before the daemon exits: stop idle agents. Sandboxes keep running for
+    /// the next daemon to re-adopt.
+    pub fn shutdown(&self) {
+        if let Some(Ok(pool)) = self.agents.get() {
+            pool.drain();
+        }
+    }
+
+    pub fn agents_dir(&self) -> PathBuf {
+        self.config.run_dir.join("agents")
     }
 
     pub fn sandboxes_dir(&self) -> PathBuf {
@@ -112,18 +136,26 @@ impl Supervisor {
         self.table().remove(id);
     }
 
-    /// The process backend, located once.
-    fn process_backend(&self) -> Result<ProcessBackend, SupervisorError> {
-        self.process
-            .get_or_init(|| ProcessBackend::locate().map_err(|e| e.to_string()))
+    /// The process backend's agent pool, set up once.
+    fn agents(&self) -> Result<Arc<AgentPool>, SupervisorError> {
+        self.agents
+            .get_or_init(|| {
+                ProcessBackend::locate()
+                    .map(|b| AgentPool::new(b, self.agents_dir(), self.config.agent_pool))
+                    .map_err(|e| e.to_string())
+            })
             .clone()
             .map_err(|_| {
-                // Locate again for a typed error (the binary may have appeared).
+                // Locate again for a typed error.
                 match ProcessBackend::locate() {
                     Ok(_) => BackendError::NotYetAvailable("restart the daemon").into(),
                     Err(e) => e.into(),
                 }
             })
+    }
+
+    fn process_backend(&self) -> Result<ProcessBackend, SupervisorError> {
+        Ok(self.agents()?.backend().clone())
     }
 
     /// A sandbox by id or unique id prefix.
@@ -182,6 +214,7 @@ mod tests {
         let sup = Supervisor::open(SupervisorConfig {
             run_dir: dir.clone(),
             default_isolation: Isolation::Process,
+            agent_pool: 0,
         })
         .unwrap();
         (sup, dir)

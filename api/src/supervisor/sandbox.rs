@@ -79,6 +79,9 @@ pub struct Record {
     pub error: Option<String>,
     /// The host pid of the sandbox's agent (process isolation).
     pub agent_pid: Option<u32>,
+    /// The agent's directory (socket, log, pid file).
+    #[serde(default)]
+    pub agent_dir: Option<PathBuf>,
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
@@ -113,6 +116,7 @@ impl Record {
             exit_reason: None,
             error: None,
             agent_pid: None,
+            agent_dir: None,
             created_at_ms: now_ms(),
             started_at_ms: None,
             finished_at_ms: None,

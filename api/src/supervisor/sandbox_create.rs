@@ -95,13 +95,7 @@ impl Supervisor {
     /// Removes a sandbox that never ran: agent, cgroup, directory, table entry.
     fn discard(&self, sb: &Sandbox) {
         sb.update(|r| r.state = SandboxState::Deleting);
-        if let Some(agent) = sb.agent.get() {
-            agent.stop();
-            agent.wait_exit();
-            agent.cleanup_cgroup();
-        }
-        sb.log.close();
-        let _ = fs::remove_dir_all(&sb.dir);
+        super::sandbox_delete::teardown(sb);
         self.forget(&sb.id);
     }
 }
@@ -116,11 +110,14 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
 /// Steps 4a–4e: agent, hello, create, attach, start.
 fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, SupervisorError> {
     let plan = sb.record().plan;
-    let backend = sup.process_backend()?;
     let mut phase = Phases::start();
-    let agent = backend.spawn(&sb.id, &sb.dir)?;
-    let pid = agent.pid;
+    let agent = sup.agents()?.take()?;
+    let (pid, agent_dir) = (agent.pid, agent.dir.clone());
     let agent = sb.agent.get_or_init(|| agent);
+    sb.update(|r| {
+        r.agent_pid = Some(pid);
+        r.agent_dir = Some(agent_dir);
+    });
     let mut client = agent.client()?;
     phase.mark("agent_start");
     client
@@ -139,10 +136,7 @@ fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, Super
     }
     client.start(&sb.id).map_err(BackendError::from)?;
     phase.mark("attach_start");
-    sb.update(|r| {
-        r.agent_pid = Some(pid);
-        r.create_phases_ms = phase.done;
-    });
+    sb.update(|r| r.create_phases_ms = phase.done);
     Ok(attach)
 }
 
@@ -232,7 +226,7 @@ fn watch_agent(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>) {
         return;
     }
     agent.cleanup_cgroup();
-    let _ = fs::remove_file(sb.dir.join("agent.sock"));
+    let _ = fs::remove_file(agent.dir.join("agent.sock"));
     sb.update(|r| {
         r.set_failed(format!(
             "its agent process (pid {}) ended: {how}",

@@ -75,6 +75,7 @@ pub(super) fn teardown(sb: &Sandbox) {
         agent.stop();
         agent.wait_exit();
         agent.cleanup_cgroup();
+        let _ = fs::remove_dir_all(&agent.dir);
     }
     sb.log.close();
     let _ = fs::remove_dir_all(&sb.dir);

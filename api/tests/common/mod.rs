@@ -145,6 +145,25 @@ impl Daemon {
         }
     }
 
+    /// Stops the daemon as an operator would (SIGTERM: idle agents go, sandboxes
+    /// stay), falling back to SIGKILL.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill takes plain integers; the pid is our child's.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// Ids of the sandboxes the daemon lists.
     pub fn sandbox_ids(&self) -> Vec<String> {
         let (_, list) = self.json("GET", "/v1/sandboxes", None);
@@ -173,8 +192,9 @@ impl Drop for Daemon {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        self.kill();
+        self.stop();
         kill_processes_mentioning(&self.dir);
+        remove_agent_cgroups(&self.dir.join("agents"));
         if std::thread::panicking() {
             eprintln!(
                 "daemon log:\n{}",
@@ -199,6 +219,17 @@ pub fn kill_processes_mentioning(dir: &Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes the cgroups of agents whose directories are in `agents` (a daemon
+/// that was killed cannot): `<cgroup2>/spore/<agent dir name>`.
+pub fn remove_agent_cgroups(agents: &Path) {
+    let parents = ["/sys/fs/cgroup/unified/spore", "/sys/fs/cgroup/spore"];
+    for entry in std::fs::read_dir(agents).into_iter().flatten().flatten() {
+        for parent in parents {
+            let _ = std::fs::remove_dir(Path::new(parent).join(entry.file_name()));
+        }
     }
 }
 
