@@ -47,7 +47,12 @@ impl Bus {
     ) -> Result<(), BusError> {
         let overlap = BusError::Overlap { base, len };
         let end = base.checked_add(len).ok_or(overlap.clone())?;
-        if len == 0 || self.devices.keys().any(|r| base < r.base + r.len && r.base < end) {
+        if len == 0
+            || self
+                .devices
+                .keys()
+                .any(|r| base < r.base + r.len && r.base < end)
+        {
             return Err(overlap);
         }
         self.devices.insert(Range { base, len }, device);
@@ -57,7 +62,12 @@ impl Bus {
     fn find(&self, addr: u64) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
         let (range, dev) = self
             .devices
-            .range(..=Range { base: addr, len: u64::MAX })
+            .range(
+                ..=Range {
+                    base: addr,
+                    len: u64::MAX,
+                },
+            )
             .next_back()?;
         (addr - range.base < range.len).then_some((addr - range.base, dev))
     }
@@ -116,10 +126,18 @@ mod tests {
     #[test]
     fn rejects_overlap_and_empty() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x100, 0x10).unwrap();
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x10f, 1).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0xf8, 9).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x200, 0).is_err());
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x110, 1).unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x100, 0x10)
+            .unwrap();
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0x10f, 1)
+            .is_err());
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0xf8, 9)
+            .is_err());
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0x200, 0)
+            .is_err());
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x110, 1)
+            .unwrap();
     }
 }
