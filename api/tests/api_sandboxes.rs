@@ -372,3 +372,52 @@ fn tty_mode_gives_one_stream() {
     assert!(out.contains("err"), "stderr goes to the terminal too: {r}");
     assert_eq!(r["stderr"], "");
 }
+
+#[test]
+fn attach_joins_stdin_and_output_of_an_interactive_sandbox() {
+    if skip_unless_root() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Read, Write};
+    let d = Daemon::start("attach");
+    let body = json!({"image":"busybox","argv":["sh","-c","read line; echo got:$line; exit 6"],
+        "interactive":true,"isolation":"process"});
+    let (status, v) = d.json("POST", "/v1/sandboxes", Some(&body.to_string()));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["state"], "created");
+    let id = v["id"].as_str().unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "POST /v1/sandboxes/{id}/attach HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n\
+         Upgrade: spore-stream\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let frame = |kind: u8, data: &[u8]| {
+        let mut f = vec![kind, 0, 0, 0];
+        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        f.extend_from_slice(data);
+        f
+    };
+    s.write_all(&frame(0, b"ping\n")).unwrap();
+    s.write_all(&frame(5, b"")).unwrap();
+    let mut r = BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    let (out, _, exit) = split_stream(&rest);
+    assert_eq!(out, "got:ping\n");
+    assert_eq!(exit.unwrap()["exit_code"], 6);
+    // Logged like any other output.
+    let (_, logs) = d.request("GET", &format!("/v1/sandboxes/{id}/logs"), None);
+    assert_eq!(split_stream(&logs).0, "got:ping\n");
+}

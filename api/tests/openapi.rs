@@ -90,6 +90,21 @@ fn every_documented_route_and_status_is_served() {
     let exited = exited["id"].as_str().expect("exited sandbox").to_owned();
     d.json("POST", &format!("/v1/sandboxes/{exited}/wait"), None);
 
+    let interactive = json!({"image":"busybox","argv":["true"],"interactive":true,
+        "isolation":"process"});
+    let (_, waiting) = d.json("POST", "/v1/sandboxes", Some(&interactive.to_string()));
+    let waiting = waiting["id"]
+        .as_str()
+        .expect("interactive sandbox")
+        .to_owned();
+    let mut upgrade = case(
+        "POST",
+        "/v1/sandboxes/{id}/attach",
+        &format!("/v1/sandboxes/{waiting}/attach"),
+        None,
+        101,
+    );
+    upgrade.headers.push(("Upgrade", "spore-stream".into()));
     let huge = "x".repeat(2 << 20);
     let vm = json!({"image":"busybox","argv":["true"],"isolation":"vm"}).to_string();
     let unknown_image = json!({"image":"nosuch","isolation":"process"}).to_string();
@@ -214,6 +229,21 @@ fn every_documented_route_and_status_is_served() {
             &format!("/v1/sandboxes/{exited}/exec"),
             Some(exec),
             409,
+        ),
+        upgrade,
+        case(
+            "POST",
+            "/v1/sandboxes/{id}/attach",
+            &format!("/v1/sandboxes/{waiting}/attach"),
+            None,
+            409,
+        ),
+        case(
+            "POST",
+            "/v1/sandboxes/{id}/attach",
+            "/v1/sandboxes/nosuch/attach",
+            None,
+            404,
         ),
         case("DELETE", sb, &format!("/v1/sandboxes/{running}"), None, 409),
         case(

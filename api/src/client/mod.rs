@@ -7,9 +7,10 @@
 //! answers (`cmd/*`).
 
 mod response;
+pub mod tty;
 
 use std::fs::OpenOptions;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -142,6 +143,45 @@ impl DaemonClient {
         stream.write_all(head.as_bytes())?;
         stream.write_all(&body)?;
         Response::read(BufReader::new(stream))
+    }
+
+    /// Upgrades a `POST path` to a two-way frame stream (`attach`); returns the
+    /// reading and writing ends.
+    pub fn upgrade(&self, path: &str) -> Result<(BufReader<UnixStream>, UnixStream), ClientError> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .map_err(|e| ClientError::Connect(self.socket.display().to_string(), e))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: spore\r\nConnection: Upgrade\r\n\
+             Upgrade: spore-stream\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes())?;
+        let writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line)?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ClientError::Protocol(format!("status line {status_line:?}")))?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        if status == 101 {
+            return Ok((reader, writer));
+        }
+        let mut body = vec![0; length.min(1 << 20)];
+        reader.read_exact(&mut body)?;
+        Err(api_error(status, &body))
     }
 
     /// A JSON request; API errors become [`ClientError::Api`]. A 204 gives `null`.

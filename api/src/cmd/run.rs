@@ -3,15 +3,16 @@
 //! docker does). With `--rm` it is the API's one-call `run`; without, the sandbox
 //! stays for `spore ps -a` / `spore logs` until `spore rm`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::{json, Value};
 
 use crate::backend::Isolation;
+use crate::client::tty::{window_size, RawMode};
 use crate::client::{print_output, ClientError, DaemonClient};
-use crate::server::http::FrameKind;
+use crate::server::http::{encode_frame, FrameKind};
 
 /// Exit code when spore, not the command, failed (docker's convention).
 pub const SPORE_FAILED: i32 = 125;
@@ -43,7 +44,7 @@ pub struct RunArgs {
     /// Run in the background and print the sandbox id.
     #[arg(short, long)]
     pub detach: bool,
-    /// Send this process's standard input to the command (read to its end first).
+    /// Keep the command's standard input open and connected to ours.
     #[arg(short, long)]
     pub interactive: bool,
     /// Give the command a pseudo-terminal (one output stream).
@@ -114,9 +115,7 @@ impl RunArgs {
             }
         }
         if self.interactive {
-            let mut input = Vec::new();
-            std::io::stdin().read_to_end(&mut input)?;
-            spec["stdin"] = json!(String::from_utf8_lossy(&input));
+            spec["interactive"] = json!(true);
         }
         Ok(spec)
     }
@@ -125,7 +124,9 @@ impl RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let spec = args.spec()?;
     let client = args.daemon.client()?;
-    let result = if args.rm && !args.detach {
+    let result = if args.interactive && !args.detach {
+        run_attached(&client, &spec, args.rm, args.tty)
+    } else if args.rm && !args.detach {
         run_and_remove(&client, &spec)
     } else {
         run_and_keep(&client, &spec, args.detach)
@@ -152,6 +153,71 @@ fn run_and_remove(client: &DaemonClient, spec: &Value) -> Result<i32, ClientErro
     })?;
     Ok(code.unwrap_or_else(|| {
         eprintln!("spore: the daemon ended the stream without an exit code");
+        SPORE_FAILED
+    }))
+}
+
+/// `-i`: create it waiting, attach (our stdin → its stdin, raw terminal with
+/// `-t`), read output until the exit frame.
+fn run_attached(
+    client: &DaemonClient,
+    spec: &Value,
+    rm: bool,
+    tty: bool,
+) -> Result<i32, ClientError> {
+    let path = if rm {
+        "/v1/sandboxes?rm=1"
+    } else {
+        "/v1/sandboxes"
+    };
+    let created = client.call("POST", path, Some(spec))?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (mut from, mut to) = client.upgrade(&format!("/v1/sandboxes/{id}/attach"))?;
+    let raw = if tty { RawMode::enable(0)? } else { None };
+    if raw.is_some() {
+        if let Some((rows, cols)) = window_size(0) {
+            let mut size = rows.to_be_bytes().to_vec();
+            size.extend_from_slice(&cols.to_be_bytes());
+            to.write_all(&encode_frame(FrameKind::Resize, &size))?;
+        }
+    }
+    // Our stdin → its stdin, on a helper thread; the end of ours closes its.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = to.write_all(&encode_frame(FrameKind::CloseStdin, &[]));
+                    return;
+                }
+                Ok(n) => {
+                    if to
+                        .write_all(&encode_frame(FrameKind::Stdin, &buf[..n]))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut code = None;
+    let mut header = [0u8; 8];
+    while code.is_none() && from.read_exact(&mut header).is_ok() {
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let mut payload = vec![0; len];
+        from.read_exact(&mut payload)?;
+        match FrameKind::from_u8(header[0]) {
+            Some(FrameKind::Exit) => code = Some(exit_code_of(&payload)),
+            Some(FrameKind::Error) => code = Some(report_error_frame(&payload)),
+            Some(kind) => print_output(kind, &payload)?,
+            None => {}
+        }
+    }
+    drop(raw);
+    Ok(code.unwrap_or_else(|| {
+        eprintln!("spore: the attach stream ended without an exit code");
         SPORE_FAILED
     }))
 }

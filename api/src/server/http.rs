@@ -198,6 +198,7 @@ fn percent_decode(s: &str) -> String {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        101 => "Switching Protocols",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
@@ -255,21 +256,31 @@ pub fn write_json<W: Write, T: Serialize>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
+    /// Client → server on an attach connection: bytes for the process's stdin.
+    Stdin = 0,
     Stdout = 1,
     Stderr = 2,
     /// The last frame of a run or exec: a JSON object with `exit_code`.
     Exit = 3,
     /// The stream ends in an error: a JSON error body (`code`, `message`).
     Error = 4,
+    /// Client → server on an attach connection: close the process's stdin.
+    CloseStdin = 5,
+    /// Client → server on an attach connection: the terminal's rows and columns,
+    /// big-endian u16 each.
+    Resize = 6,
 }
 
 impl FrameKind {
     pub fn from_u8(b: u8) -> Option<FrameKind> {
         [
+            FrameKind::Stdin,
             FrameKind::Stdout,
             FrameKind::Stderr,
             FrameKind::Exit,
             FrameKind::Error,
+            FrameKind::CloseStdin,
+            FrameKind::Resize,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)
@@ -386,6 +397,7 @@ mod tests {
         assert!(out.ends_with(b"a\r\n\x01\x00\x00\x00\x00\x00\x00\x02hi\r\n0\r\n\r\n"));
         assert_eq!(FrameKind::from_u8(3), Some(FrameKind::Exit));
         assert_eq!(FrameKind::from_u8(9), None);
+        assert_eq!(FrameKind::from_u8(0), Some(FrameKind::Stdin));
     }
 
     #[test]

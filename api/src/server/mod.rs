@@ -155,19 +155,28 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// A connection we can clone into a reader and a writer.
-trait Conn: Read + Write + Send + Sized {
+trait Conn: Read + Write + Send + Sized + 'static {
     fn split(&self) -> std::io::Result<Self>;
+    fn shutdown_both(&self);
 }
 
 impl Conn for std::os::unix::net::UnixStream {
     fn split(&self) -> std::io::Result<Self> {
         self.try_clone()
     }
+
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Conn for std::net::TcpStream {
     fn split(&self) -> std::io::Result<Self> {
         self.try_clone()
+    }
+
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -191,6 +200,20 @@ fn serve_conn<C: Conn>(sup: &Arc<Supervisor>, conn: C, token: Option<&str>) {
         let close = req.wants_close();
         let result = authorize(&req, token).and_then(|()| routes::handle(sup, &req));
         let written = match result {
+            Ok(routes::Reply::Upgrade(f)) => {
+                // The connection now carries frames both ways until the end.
+                let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                            Upgrade: spore-stream\r\n\r\n";
+                let closer = writer.split();
+                if writer.write_all(head.as_bytes()).is_ok() {
+                    f(Box::new(reader), Box::new(writer));
+                }
+                // Unblocks whatever still reads the client's side (its stdin copier).
+                if let Ok(c) = closer {
+                    c.shutdown_both();
+                }
+                return;
+            }
             Ok(reply) => reply.write(&mut writer, close),
             Err(err) => http::write_json(&mut writer, err.status().0, &err.body(), close),
         };

@@ -2,7 +2,7 @@
 //! handler parses its input, calls the supervisor and says what to answer. The
 //! routes and their statuses are documented in `api/openapi.yaml`.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +19,8 @@ use crate::supervisor::{templates, Supervisor};
 
 /// A streamed body: the handler writes bytes through the sink it is given.
 type StreamFn = Box<dyn FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) + Send>;
+/// An upgraded connection: frames both ways (see `attach`).
+pub type UpgradeFn = Box<dyn FnOnce(Box<dyn Read + Send>, Box<dyn Write + Send>) + Send>;
 
 /// What a handler answers.
 pub enum Reply {
@@ -27,6 +29,8 @@ pub enum Reply {
     NoContent,
     /// 200 with a chunked body of multiplexed frames (see `http::FrameKind`).
     Stream(StreamFn),
+    /// 101: the connection carries frames both ways; written by the server loop.
+    Upgrade(UpgradeFn),
 }
 
 impl Reply {
@@ -50,6 +54,7 @@ impl Reply {
                     None => cw.finish(),
                 }
             }
+            Reply::Upgrade(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
@@ -91,6 +96,7 @@ pub fn handle(sup: &Arc<Supervisor>, req: &Request) -> Result<Reply, ApiError> {
         }
         ("GET", ["v1", "sandboxes", id, "logs"]) => logs(sup, id, req.flag("follow")),
         ("POST", ["v1", "sandboxes", id, "exec"]) => exec(sup, id, req),
+        ("POST", ["v1", "sandboxes", id, "attach"]) => attach(sup, id),
         ("POST", ["v1", "run"]) => run(sup, req),
         (_, path) if known_path(path) => Err(ApiError::MethodNotAllowed(
             req.method.clone(),
@@ -111,7 +117,7 @@ fn known_path(path: &[&str]) -> bool {
             | ["v1", "templates", _]
             | ["v1", "sandboxes"]
             | ["v1", "sandboxes", _]
-            | ["v1", "sandboxes", _, "wait" | "logs" | "exec"]
+            | ["v1", "sandboxes", _, "wait" | "logs" | "exec" | "attach"]
             | ["v1", "run"]
     )
 }
@@ -204,6 +210,16 @@ fn exec(sup: &Arc<Supervisor>, id: &str, req: &Request) -> Result<Reply, ApiErro
             Err(e) => error_frame(e.into()),
         };
         let _ = sink(&last);
+    })))
+}
+
+/// Starts a sandbox created with `interactive` and joins the connection to its
+/// stdio: stdin/close/resize frames in, output frames and a last exit frame out.
+fn attach(sup: &Arc<Supervisor>, id: &str) -> Result<Reply, ApiError> {
+    let started = sup.attach_start(id)?;
+    let sup = sup.clone();
+    Ok(Reply::Upgrade(Box::new(move |input, output| {
+        sup.attach_finish(started, input, output);
     })))
 }
 

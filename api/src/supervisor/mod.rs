@@ -1,6 +1,6 @@
 //! The supervisor: the daemon's table of sandboxes and the operations on them.
 //! Each operation lives in its own file (`sandbox_create.rs`, `sandbox_delete.rs`,
-//! `sandbox_exec.rs`, `sandbox_run.rs`); re-adoption after a restart in
+//! `sandbox_exec.rs`, `sandbox_run.rs`, `sandbox_attach.rs`); re-adoption after a restart in
 //! `adopt.rs`.
 //!
 //! State on disk: `<run_dir>/sandboxes/<id>/` holds `sandbox.json` (the record),
@@ -14,6 +14,7 @@ pub mod images;
 pub mod metrics;
 pub mod output;
 pub mod sandbox;
+mod sandbox_attach;
 mod sandbox_create;
 mod sandbox_delete;
 mod sandbox_exec;

@@ -28,6 +28,8 @@ pub const RECORD_FILE: &str = "sandbox.json";
 pub enum SandboxState {
     /// Its agent and container are being set up.
     Creating,
+    /// Set up; its process starts when a client attaches (interactive).
+    Created,
     /// Its main process runs.
     Running,
     /// Its main process ended; see the exit code.
@@ -39,8 +41,9 @@ pub enum SandboxState {
 }
 
 impl SandboxState {
-    pub const ALL: [SandboxState; 5] = [
+    pub const ALL: [SandboxState; 6] = [
         SandboxState::Creating,
+        SandboxState::Created,
         SandboxState::Running,
         SandboxState::Exited,
         SandboxState::Failed,
@@ -55,6 +58,7 @@ impl SandboxState {
     pub fn name(self) -> &'static str {
         match self {
             SandboxState::Creating => "creating",
+            SandboxState::Created => "created",
             SandboxState::Running => "running",
             SandboxState::Exited => "exited",
             SandboxState::Failed => "failed",
@@ -267,6 +271,7 @@ mod tests {
             },
             timeout_ms: None,
             stdin: None,
+            interactive: false,
         }
     }
 

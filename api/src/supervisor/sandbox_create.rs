@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use super::sandbox::{now_ms, Record, Sandbox, SandboxState};
 use super::spec::SandboxSpec;
 use super::{images, templates, Supervisor, SupervisorError};
 use crate::backend::{vm, BackendError, Isolation};
-use crate::server::http::FrameKind;
+use crate::server::http::{encode_frame, FrameKind};
 
 impl Supervisor {
     /// Creates and starts a sandbox; returns once its process runs.
@@ -69,25 +70,26 @@ impl Supervisor {
         };
         let elapsed = t0.elapsed();
         sb.update(|r| {
-            r.state = SandboxState::Running;
-            r.started_at_ms = Some(now_ms());
+            r.state = match attach {
+                Some(_) => SandboxState::Running,
+                None => SandboxState::Created,
+            };
+            r.started_at_ms = attach.as_ref().map(|_| now_ms());
             r.create_ms = Some(elapsed.as_secs_f64() * 1000.0);
         });
         self.metrics.observe_create(&isolation, elapsed);
-        // 5. Output, agent death and the deadline each get a thread.
-        spawn_named("pump", {
-            let (sup, sb) = (self.clone(), sb.clone());
-            move || pump(&sup, &sb, attach)
-        });
+        // 5. Output, agent death and the deadline each get a thread (an
+        //    interactive sandbox's output and deadline start with its attach).
         spawn_named("watch", {
             let (sup, sb) = (self.clone(), sb.clone());
             move || watch_agent(&sup, &sb)
         });
-        if let Some(ms) = sb.record().plan.timeout_ms {
-            spawn_named("timeout", {
-                let sb = sb.clone();
-                move || enforce_timeout(&sb, Duration::from_millis(ms))
+        if let Some(attach) = attach {
+            spawn_named("pump", {
+                let (sup, sb) = (self.clone(), sb.clone());
+                move || pump(&sup, &sb, attach, None)
             });
+            start_timeout(&sb);
         }
         Ok(sb)
     }
@@ -107,8 +109,12 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
         .spawn(f);
 }
 
-/// Steps 4a–4e: agent, hello, create, attach, start.
-fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, SupervisorError> {
+/// Steps 4a–4e: agent, hello, create, attach, start. An interactive sandbox stops
+/// after create: its attach and start come with the client (`sandbox_attach`).
+fn start_process_sandbox(
+    sup: &Supervisor,
+    sb: &Sandbox,
+) -> Result<Option<Attach>, SupervisorError> {
     let plan = sb.record().plan;
     let mut phase = Phases::start();
     let agent = sup.agents()?.take()?;
@@ -124,6 +130,10 @@ fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, Super
         .create(&sb.id, &plan.container)
         .map_err(BackendError::from)?;
     phase.mark("container_create");
+    if plan.interactive {
+        sb.update(|r| r.create_phases_ms = phase.done);
+        return Ok(None);
+    }
     let attach = client.attach(&sb.id, None).map_err(BackendError::from)?;
     if let Some(data) = plan.stdin {
         // Written by a helper thread: the process may fill its output pipe before
@@ -137,7 +147,7 @@ fn start_process_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Attach, Super
     client.start(&sb.id).map_err(BackendError::from)?;
     phase.mark("attach_start");
     sb.update(|r| r.create_phases_ms = phase.done);
-    Ok(attach)
+    Ok(Some(attach))
 }
 
 /// Durations of the steps of a create, for the record and `bench run`.
@@ -162,9 +172,16 @@ impl Phases {
     }
 }
 
-/// Copies the main process's output into the log until it ends, then records
-/// its exit. Removes the sandbox afterwards if it was created with auto-remove.
-fn pump(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>, mut attach: Attach) {
+/// Copies the main process's output into the log (and to `tee`, an attached
+/// client, while it listens) until it ends, then records its exit and sends it
+/// to `tee` as an exit frame. Removes the sandbox afterwards if it was created
+/// with auto-remove.
+pub(super) fn pump(
+    sup: &Arc<Supervisor>,
+    sb: &Arc<Sandbox>,
+    mut attach: Attach,
+    mut tee: Option<Box<dyn Write + Send>>,
+) {
     let mut open = if attach.tty() { 1 } else { 2 };
     let mut broken = None;
     while open > 0 {
@@ -177,6 +194,11 @@ fn pump(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>, mut attach: Attach) {
                 if let Err(e) = sb.log.append(kind, &data) {
                     broken = Some(format!("cannot write the output log: {e}"));
                     break;
+                }
+                if let Some(w) = tee.as_mut() {
+                    if w.write_all(&encode_frame(kind, &data)).is_err() {
+                        tee = None;
+                    }
                 }
             }
             Ok(Some(AttachFrame::Eof(_))) => open -= 1,
@@ -210,6 +232,10 @@ fn pump(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>, mut attach: Attach) {
         Err(why) => sb.update(|r| r.set_failed(why)),
     }
     sb.log.close();
+    if let Some(mut w) = tee {
+        let rec = serde_json::to_vec(&sb.record()).unwrap_or_default();
+        let _ = w.write_all(&encode_frame(FrameKind::Exit, &rec));
+    }
     if sb.record().auto_remove && sb.state().is_finished() {
         let _ = sup.delete(&sb.id, true);
     }
@@ -253,6 +279,16 @@ fn agent_died(sb: &Sandbox) -> bool {
         thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// Starts the deadline of the sandbox's process, if it has one.
+pub(super) fn start_timeout(sb: &Arc<Sandbox>) {
+    if let Some(ms) = sb.record().plan.timeout_ms {
+        spawn_named("timeout", {
+            let sb = sb.clone();
+            move || enforce_timeout(&sb, Duration::from_millis(ms))
+        });
+    }
 }
 
 /// Kills the main process if it still runs after `limit`.

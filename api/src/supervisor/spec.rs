@@ -48,6 +48,10 @@ pub struct SandboxSpec {
     /// Bytes for the process's standard input, which is closed after them.
     #[serde(default)]
     pub stdin: Option<String>,
+    /// Set up the sandbox but start its process only when a client attaches
+    /// (`POST /v1/sandboxes/{id}/attach`), with stdin from that client.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// Resource limits as clients write them.
@@ -97,6 +101,9 @@ pub struct Plan {
     /// Written to the process's stdin before it is closed.
     #[serde(default)]
     pub stdin: Option<String>,
+    /// Started by the first attach rather than at once.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// The one template that exists until templates can be created (issue 4).
@@ -183,6 +190,11 @@ impl SandboxSpec {
             }
             t => t.map(|t| (t * 1000.0).ceil() as u64),
         };
+        if self.stdin.is_some() && self.interactive {
+            return bad(
+                "stdin and interactive exclude each other: an attached client writes stdin",
+            );
+        }
         let limits = self.limits.validate()?;
         let lower = resolve_image(&self.image)?;
         let argv = if self.argv.is_empty() {
@@ -206,11 +218,12 @@ impl SandboxSpec {
                 rootfs: RootfsSpec { lower },
                 limits,
                 tty: self.tty,
-                stdin: self.stdin.is_some(),
+                stdin: self.stdin.is_some() || self.interactive,
                 ..ContainerSpec::default()
             },
             timeout_ms,
             stdin: self.stdin.clone(),
+            interactive: self.interactive,
         })
     }
 }
