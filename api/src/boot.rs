@@ -147,11 +147,14 @@ impl Guest {
 
     /// The virtio devices whose guest driver has set DRIVER_OK, with the time.
     pub fn devices_probed(&self) -> Vec<(String, u64)> {
-        self.vm
+        let mut probed = self
+            .vm
             .devices()
             .iter()
             .filter_map(|d| d.driver_ok_at().map(|t| (d.name.to_string(), self.ms(t))))
-            .collect()
+            .collect::<Vec<_>>();
+        probed.sort_by_key(|(_, ms)| *ms);
+        probed
     }
 
     /// The guest agent's endpoint: its vsock port behind the VMM's unix socket.

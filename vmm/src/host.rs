@@ -24,6 +24,7 @@ pub enum KvmKind {
     Svm,
     /// Pagetable-based Virtual Machine: a standard guest kernel's supervisor code
     /// runs in KVM's instruction emulator (see shared/notes/kvm-pvm.md).
+    #[serde(rename = "kvm_pvm")]
     Pvm,
     /// /dev/kvm works but none of the above was recognised.
     Unknown,
