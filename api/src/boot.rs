@@ -175,11 +175,16 @@ impl Guest {
         let deadline = self.started + timeout;
         loop {
             if let Some(exit) = self.exit() {
-                return Err(BootError::EndedEarly(exit.to_string(), self.console.tail(20)));
+                return Err(BootError::EndedEarly(
+                    exit.to_string(),
+                    self.console.tail(20),
+                ));
             }
             match Client::connect(self.agent_endpoint()) {
                 Ok(client) => return Ok(client),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(_) => return Err(BootError::NoHello(timeout, self.console.tail(20))),
             }
         }
@@ -247,7 +252,11 @@ pub fn boot_and_watch(
     progress.vmm_overhead_kib = vmm_overhead_kib();
     progress.kernel_running = progress.ms_to_console.is_some();
     progress.reached_init = progress.ms_to_init.is_some();
-    progress.devices_probed = progress.ms_to_devices.iter().map(|(n, _)| n.clone()).collect();
+    progress.devices_probed = progress
+        .ms_to_devices
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     progress.outcome = outcome;
     match agent {
         Some(client) => progress.exit = shutdown(guest, client).to_string(),
@@ -255,7 +264,6 @@ pub fn boot_and_watch(
     }
     Ok(progress)
 }
-
 
 /// How long a guest gets to power off after the agent was asked to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -292,11 +300,16 @@ fn overhead_from_smaps(smaps: &str) -> u64 {
         let first = fields.next().unwrap_or_default();
         if first == "Rss:" {
             if !guest_ram {
-                total += fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                total += fields
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         } else if first.contains('-') && !first.ends_with(':') {
             // A mapping header: "start-end perms offset dev inode [path]".
-            guest_ram = fields.nth(4).is_some_and(|path| path.starts_with("/memfd:"));
+            guest_ram = fields
+                .nth(4)
+                .is_some_and(|path| path.starts_with("/memfd:"));
         }
     }
     total

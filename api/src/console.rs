@@ -42,12 +42,17 @@ impl ConsoleWatch {
     /// When `milestone` (a name from [`MILESTONES`]) first appeared.
     pub fn seen(&self, milestone: &str) -> Option<Instant> {
         let state = self.state.lock().expect("console state poisoned");
-        state.seen.iter().find(|(m, _)| *m == milestone).map(|(_, t)| *t)
+        state
+            .seen
+            .iter()
+            .find(|(m, _)| *m == milestone)
+            .map(|(_, t)| *t)
     }
 
     /// Everything the guest printed so far.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.state.lock().expect("console state poisoned").log).into_owned()
+        String::from_utf8_lossy(&self.state.lock().expect("console state poisoned").log)
+            .into_owned()
     }
 
     /// The last `n` lines of the log.
@@ -112,7 +117,8 @@ mod tests {
         let mut c = ConsoleWatch::new(false);
         let reader = c.clone();
         assert!(reader.seen("console").is_none());
-        c.write_all(b"[    0.1] Linux version\n[   1.0] Run /in").unwrap();
+        c.write_all(b"[    0.1] Linux version\n[   1.0] Run /in")
+            .unwrap();
         assert!(reader.seen("console").is_some());
         assert!(reader.seen("init").is_none());
         c.write_all(b"it as init process\n").unwrap();

@@ -63,17 +63,28 @@ pub fn percentile(values: &[u64], p: f64) -> u64 {
 
 fn bench_boot(args: BenchBootArgs) -> anyhow::Result<i32> {
     let user_space = HostKvm::detect().can_run_guest_user_space();
-    let milestone = if user_space { "agent_hello" } else { "run_init" };
+    let milestone = if user_space {
+        "agent_hello"
+    } else {
+        "run_init"
+    };
     let opts = args.guest.boot_options();
     let (mut ms, mut console, mut overhead) = (vec![], vec![], vec![]);
     for run in 1..=args.runs {
         let p = boot::boot_and_watch(&opts, Duration::from_secs(args.timeout), user_space)?;
-        let reached = if user_space { p.ms_to_hello } else { p.ms_to_init };
+        let reached = if user_space {
+            p.ms_to_hello
+        } else {
+            p.ms_to_init
+        };
         let Some(t) = reached else {
             anyhow::bail!("run {run}: {milestone} not reached ({})", p.outcome);
         };
         if !args.json {
-            eprintln!("run {run}: {milestone} at {t} ms, VMM overhead {} KiB", p.vmm_overhead_kib);
+            eprintln!(
+                "run {run}: {milestone} at {t} ms, VMM overhead {} KiB",
+                p.vmm_overhead_kib
+            );
         }
         ms.push(t);
         console.push(p.ms_to_console.unwrap_or_default());

@@ -58,7 +58,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<i32> {
         None
     };
     let report = Report {
-        kvm: serde_json::to_value(host.kvm.kind)?.as_str().unwrap_or("unknown").to_owned(),
+        kvm: serde_json::to_value(host.kvm.kind)?
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned(),
         kvm_usable: host.kvm.usable,
         guest_user_space: host.guest_user_space,
         microvms: refusal.unwrap_or_else(|| "supported".into()),
@@ -82,8 +85,15 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<i32> {
 }
 
 fn print_human(r: &Report) {
-    println!("KVM:              {} ({})", r.kvm, if r.kvm_usable { "usable" } else { "not usable" });
-    println!("guest user space: {}", if r.guest_user_space { "yes" } else { "no" });
+    println!(
+        "KVM:              {} ({})",
+        r.kvm,
+        if r.kvm_usable { "usable" } else { "not usable" }
+    );
+    println!(
+        "guest user space: {}",
+        if r.guest_user_space { "yes" } else { "no" }
+    );
     println!("microVMs:         {}", r.microvms);
     let cg = &r.host.cgroups;
     println!(
@@ -94,7 +104,11 @@ fn print_human(r: &Report) {
         cg.v1_controllers.join(" ")
     );
     for (what, f) in [("kernel", &r.kernel), ("initramfs", &r.initramfs)] {
-        let state = if f.built { "ok" } else { "missing or invalid — run `make guest`" };
+        let state = if f.built {
+            "ok"
+        } else {
+            "missing or invalid — run `make guest`"
+        };
         println!("{:<17} {} ({state})", format!("{what}:"), f.path);
     }
     if let Some(b) = &r.boot {

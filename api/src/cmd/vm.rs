@@ -39,8 +39,14 @@ pub struct GuestArgs {
 impl GuestArgs {
     pub fn boot_options(&self) -> BootOptions {
         BootOptions {
-            kernel: self.kernel.clone().unwrap_or_else(guest_image::default_kernel),
-            initrd: self.initrd.clone().unwrap_or_else(guest_image::default_initrd),
+            kernel: self
+                .kernel
+                .clone()
+                .unwrap_or_else(guest_image::default_kernel),
+            initrd: self
+                .initrd
+                .clone()
+                .unwrap_or_else(guest_image::default_initrd),
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
             echo_console: self.console,
