@@ -23,6 +23,7 @@ initramfs: agent
 
 rootfs: deps
 	bash resources/build-rootfs.sh
+	sh resources/build-rootfs-image.sh
 
 test-guest:
 	bash resources/build-test-guest.sh

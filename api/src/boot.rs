@@ -52,6 +52,10 @@ pub struct BootOptions {
     pub vcpus: u8,
     /// Copy the guest console to stderr.
     pub echo_console: bool,
+    /// A read-only disk for the guest (`/dev/vda`), e.g. a container rootfs
+    /// image; without one a small scratch disk is attached so the guest's
+    /// virtio-blk driver still probes.
+    pub disk: Option<PathBuf>,
 }
 
 /// A directory for one VM's sockets and scratch files, removed on drop.
@@ -82,6 +86,18 @@ impl Drop for RunDir {
     }
 }
 
+/// Creates an empty scratch disk in `dir`.
+fn scratch_disk(dir: &Path) -> Result<PathBuf, BootError> {
+    let disk = dir.join("scratch.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(SCRATCH_DISK_BYTES))
+        .map_err(|source| BootError::RunDir {
+            path: disk.clone(),
+            source,
+        })?;
+    Ok(disk)
+}
+
 /// A booted guest.
 pub struct Guest {
     pub vm: VmHandle,
@@ -99,16 +115,13 @@ impl Guest {
         // 1. Check the image files before creating anything.
         guest_image::check_kernel(&opts.kernel)?;
         guest_image::check_initrd(&opts.initrd)?;
-        // 2. A run directory for the vsock socket and the scratch disk.
+        // 2. A run directory for the vsock socket (and the scratch disk).
         let run_dir = RunDir::create()?;
         let vsock_path = run_dir.path().join("vsock.sock");
-        let disk = run_dir.path().join("scratch.img");
-        std::fs::File::create(&disk)
-            .and_then(|f| f.set_len(SCRATCH_DISK_BYTES))
-            .map_err(|source| BootError::RunDir {
-                path: disk.clone(),
-                source,
-            })?;
+        let disk = match &opts.disk {
+            Some(disk) => disk.clone(),
+            None => scratch_disk(run_dir.path())?,
+        };
         // 3. The console, watched for milestones.
         let console = ConsoleWatch::new(opts.echo_console);
         // 4. The VM.

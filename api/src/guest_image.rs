@@ -80,6 +80,40 @@ fn head(path: &Path, what: &'static str, flag: &'static str) -> Result<Vec<u8>, 
     Ok(buf)
 }
 
+pub fn default_rootfs() -> PathBuf {
+    guest_dir().join("rootfs.erofs")
+}
+
+/// Checks that `path` is an erofs or ext4 file system image.
+pub fn check_rootfs(path: &Path) -> Result<(), ImageError> {
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ImageError::Missing {
+            what: "rootfs image",
+            flag: "rootfs",
+            path: path.to_owned(),
+        },
+        _ => ImageError::Read {
+            path: path.to_owned(),
+            source: e,
+        },
+    })?;
+    let mut sb = vec![0u8; 2048];
+    let got = file.read(&mut sb).unwrap_or(0);
+    sb.truncate(got);
+    // erofs: magic 0xe0f5e1e2 at 1024; ext4: 0xef53 at 1024 + 56.
+    let erofs = sb.get(1024..1028) == Some(&0xe0f5_e1e2u32.to_le_bytes()[..]);
+    let ext4 = sb.get(1080..1082) == Some(&0xef53u16.to_le_bytes()[..]);
+    if erofs || ext4 {
+        Ok(())
+    } else {
+        Err(ImageError::Corrupt {
+            what: "rootfs image",
+            expected: "erofs or ext4 image",
+            path: path.to_owned(),
+        })
+    }
+}
+
 /// Checks that `path` is an x86-64 ELF (vmlinux) or a bzImage.
 pub fn check_kernel(path: &Path) -> Result<(), ImageError> {
     let h = head(path, "kernel image", "kernel")?;

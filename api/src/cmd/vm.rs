@@ -3,8 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::Write;
+
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use spore_agent::protocol::client::Client;
+use spore_agent::protocol::messages::{AttachFrame, Stream};
+use spore_agent::protocol::spec::{ContainerSpec, RootfsSpec};
 use spore_vmm::host::HostKvm;
 
 use crate::boot::{self, BootOptions, Guest};
@@ -50,6 +55,7 @@ impl GuestArgs {
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
             echo_console: self.console,
+            disk: None,
         }
     }
 }
@@ -64,6 +70,13 @@ pub struct VmRunArgs {
     /// Seconds to wait for the agent's hello.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Container root filesystem image (erofs or ext4) for CMD. Default: the
+    /// built busybox image.
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
+    /// Run CMD in a container in the guest, stream its output, exit with its code.
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 pub fn run(command: VmCommand) -> anyhow::Result<i32> {
@@ -93,6 +106,15 @@ pub fn microvm_refusal(host: &HostKvm) -> Option<String> {
 }
 
 fn vm_run(args: VmRunArgs) -> anyhow::Result<i32> {
+    let mut opts = args.guest.boot_options();
+    if !args.command.is_empty() {
+        let rootfs = args
+            .rootfs
+            .clone()
+            .unwrap_or_else(guest_image::default_rootfs);
+        guest_image::check_rootfs(&rootfs)?;
+        opts.disk = Some(rootfs);
+    }
     let host = HostKvm::detect();
     if let Some(why) = microvm_refusal(&host) {
         if !args.force || !host.usable {
@@ -100,12 +122,47 @@ fn vm_run(args: VmRunArgs) -> anyhow::Result<i32> {
         }
         eprintln!("spore: --force: booting anyway; expect no agent hello on this host");
     }
-    let opts = args.guest.boot_options();
     let guest = Guest::boot(&opts).context("booting the guest")?;
     let mut agent = guest.wait_for_agent(Duration::from_secs(args.timeout))?;
     let hello = agent.hello().context("agent hello")?;
-    println!("{}", serde_json::to_string(&hello)?);
+    let code = if args.command.is_empty() {
+        println!("{}", serde_json::to_string(&hello)?);
+        0
+    } else {
+        run_in_guest(&mut agent, &args.command).context("running the command in the guest")?
+    };
     let exit = boot::shutdown(guest, agent);
     eprintln!("spore: VM ended: {exit}");
-    Ok(0)
+    Ok(code)
+}
+
+/// Runs `command` in a busybox container whose rootfs is the guest's `/dev/vda`,
+/// streaming its output; returns its docker-style exit code.
+fn run_in_guest(agent: &mut Client, command: &[String]) -> anyhow::Result<i32> {
+    const ID: &str = "main";
+    let spec = ContainerSpec {
+        argv: command.to_vec(),
+        rootfs: RootfsSpec {
+            lower: PathBuf::from("/dev/vda"),
+        },
+        ..ContainerSpec::default()
+    };
+    agent.create(ID, &spec)?;
+    let mut attach = agent.attach(ID, None)?;
+    agent.start(ID)?;
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut open = if attach.tty() { 1 } else { 2 };
+    while open > 0 {
+        match attach.next_frame()? {
+            Some(AttachFrame::Output(Stream::Stdout, data)) => stdout.write_all(&data)?,
+            Some(AttachFrame::Output(Stream::Stderr, data)) => stderr.write_all(&data)?,
+            Some(AttachFrame::Eof(_)) => open -= 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    stdout.flush()?;
+    let exit = agent.wait(ID, None)?;
+    agent.delete(ID)?;
+    Ok(exit.code)
 }
