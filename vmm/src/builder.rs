@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{gdt, kernel, mptable, paging, vm, Quirks};
 use crate::bus::BusDevice;
 use crate::config::{ConfigError, Console, VmConfig};
+use crate::devices::serial::SerialDevice;
 use crate::devices::{self, virtio, DeviceError, DeviceInfo};
 use crate::host::HostKvm;
 use crate::memory::{GuestRam, MemoryError};
@@ -92,14 +93,30 @@ pub struct ExtraDevice {
 /// of memory it made.
 pub struct VmHandle {
     latch: Arc<StopLatch>,
-    vcpu_threads: Vec<JoinHandle<()>>,
+    vcpu_threads: Vec<JoinHandle<VcpuFd>>,
     event_thread: Option<JoinHandle<()>>,
     devices: Vec<DeviceInfo>,
     started: Instant,
     cmdline: String,
+    // Kept for a capture: the devices' state and KVM's MSR list.
+    virtio: Vec<virtio::VirtioMmioDevice>,
+    serial: Arc<Mutex<SerialDevice>>,
+    kvm: Option<Kvm>,
     // Dropped in this order after the threads: the VM, then its RAM.
-    _vm: VmFd,
-    ram: GuestRam,
+    vm: Option<VmFd>,
+    ram: Option<GuestRam>,
+}
+
+/// A VM whose vCPU threads and event loop have ended, taken apart for a capture:
+/// nothing runs, every part is still alive.
+pub struct StoppedVm {
+    pub kvm: Kvm,
+    pub vm: VmFd,
+    /// In index order.
+    pub vcpus: Vec<VcpuFd>,
+    pub virtio: Vec<virtio::VirtioMmioDevice>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub ram: GuestRam,
 }
 
 /// Boots `config`'s kernel.
@@ -124,9 +141,9 @@ pub fn start(mut config: VmConfig) -> Result<VmHandle, BuildError> {
     let mut buses = Buses::default();
     let console = std::mem::replace(&mut config.console, Console::Null);
     let console = console.into_writer().map_err(BuildError::Console)?;
-    devices::attach_legacy(&vm, &mut buses.io, console, &latch)?;
+    let serial = devices::attach_legacy(&vm, &mut buses.io, console, &latch, None)?;
     let virtio_devices = create_virtio(&config, ram.memory())?;
-    let (infos, subscribers) = attach_all_virtio(&vm, &mut buses, virtio_devices)?;
+    let infos = attach_all_virtio(&vm, &mut buses, &virtio_devices)?;
     // 6. Command line, zero page, page tables, GDT, MP table.
     let entries: Vec<String> = infos
         .iter()
@@ -143,7 +160,8 @@ pub fn start(mut config: VmConfig) -> Result<VmHandle, BuildError> {
         ram,
         buses,
         latch,
-        subscribers,
+        virtio: virtio_devices,
+        serial,
         devices: infos,
         cmdline,
         started,
@@ -172,7 +190,7 @@ pub fn start_raw(guest: RawGuest) -> Result<VmHandle, BuildError> {
     let latch = Arc::new(StopLatch::new());
     let mut buses = Buses::default();
     let console = guest.console.into_writer().map_err(BuildError::Console)?;
-    devices::attach_legacy(&vm, &mut buses.io, console, &latch)?;
+    let serial = devices::attach_legacy(&vm, &mut buses.io, console, &latch, None)?;
     for extra in guest.io_devices {
         let (device, base, len) = (extra.device, extra.base, extra.len);
         buses
@@ -194,7 +212,8 @@ pub fn start_raw(guest: RawGuest) -> Result<VmHandle, BuildError> {
         ram,
         buses,
         latch,
-        subscribers: Vec::new(),
+        virtio: Vec::new(),
+        serial,
         devices: Vec::new(),
         cmdline: String::new(),
         started,
@@ -202,17 +221,19 @@ pub fn start_raw(guest: RawGuest) -> Result<VmHandle, BuildError> {
     launch(prepared, 1, Quirks::for_host(&host), guest.entry)
 }
 
-/// A VM whose memory and devices are ready, before any vCPU exists.
-struct Prepared {
-    kvm: Kvm,
-    vm: VmFd,
-    ram: GuestRam,
-    buses: Buses,
-    latch: Arc<StopLatch>,
-    subscribers: Vec<Subscriber>,
-    devices: Vec<DeviceInfo>,
-    cmdline: String,
-    started: Instant,
+/// A VM whose memory and devices are ready and wired, before any vCPU runs.
+pub(crate) struct Prepared {
+    pub kvm: Kvm,
+    pub vm: VmFd,
+    pub ram: GuestRam,
+    pub buses: Buses,
+    pub latch: Arc<StopLatch>,
+    /// Their subscribers go to the event loop.
+    pub virtio: Vec<virtio::VirtioMmioDevice>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub devices: Vec<DeviceInfo>,
+    pub cmdline: String,
+    pub started: Instant,
 }
 
 /// Creates the vCPUs, then hands everything to a `VmHandle` and starts the
@@ -231,6 +252,13 @@ fn launch(p: Prepared, num_cpus: u8, quirks: Quirks, entry: u64) -> Result<VmHan
     let fds = (0..num_cpus)
         .map(|i| vcpu::create(&p.vm, i, &setup))
         .collect::<Result<Vec<_>, _>>()?;
+    run(p, fds)
+}
+
+/// Starts the event loop and one thread per configured vCPU (`fds` in index
+/// order), and hands everything to a `VmHandle`.
+pub(crate) fn run(p: Prepared, fds: Vec<VcpuFd>) -> Result<VmHandle, BuildError> {
+    let subscribers: Vec<Subscriber> = p.virtio.iter().map(|d| d.subscriber.clone()).collect();
     let mut handle = VmHandle {
         latch: p.latch,
         vcpu_threads: Vec::new(),
@@ -238,10 +266,15 @@ fn launch(p: Prepared, num_cpus: u8, quirks: Quirks, entry: u64) -> Result<VmHan
         devices: p.devices,
         started: p.started,
         cmdline: p.cmdline,
-        _vm: p.vm,
-        ram: p.ram,
+        virtio: p.virtio,
+        serial: p.serial,
+        kvm: Some(p.kvm),
+        vm: Some(p.vm),
+        ram: Some(p.ram),
     };
-    handle.event_thread = Some(spawn_event_loop(p.subscribers, &handle.latch)?);
+    if !subscribers.is_empty() {
+        handle.event_thread = Some(spawn_event_loop(subscribers, &handle.latch)?);
+    }
     let buses = Arc::new(p.buses);
     for (index, fd) in fds.into_iter().enumerate() {
         let (buses, latch) = (buses.clone(), handle.latch.clone());
@@ -283,7 +316,69 @@ impl VmHandle {
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap<()> {
-        self.ram.memory()
+        self.ram
+            .as_ref()
+            .expect("RAM lives as long as the handle")
+            .memory()
+    }
+
+    /// The guest RAM (its memfd, for a template).
+    pub fn ram(&self) -> &GuestRam {
+        self.ram.as_ref().expect("RAM lives as long as the handle")
+    }
+
+    /// The virtio devices themselves (slot order).
+    pub fn virtio_devices(&self) -> &[virtio::VirtioMmioDevice] {
+        &self.virtio
+    }
+
+    /// Parks the vCPUs outside the guest until `resume`.
+    pub fn pause(&self) {
+        self.latch.pause();
+    }
+
+    pub fn resume(&self) {
+        self.latch.resume();
+    }
+
+    /// CLOCK_MONOTONIC (ns, `vcpu::monotonic_ns`) when a vCPU first entered the
+    /// guest, waiting up to `timeout`: the "VM is running" hook.
+    pub fn wait_running(&self, timeout: Duration) -> Option<u64> {
+        self.latch.wait_running(timeout)
+    }
+
+    /// Stops the VM for good and hands back its parts, vCPUs included, for a
+    /// capture. The guest never runs again on this VM.
+    pub fn stop_for_capture(mut self) -> StoppedVm {
+        self.latch.request(VmExit::Stopped);
+        let vcpus = self.join_threads();
+        StoppedVm {
+            kvm: self.kvm.take().expect("KVM lives as long as the handle"),
+            vm: self.vm.take().expect("VM lives as long as the handle"),
+            vcpus,
+            virtio: std::mem::take(&mut self.virtio),
+            serial: self.serial.clone(),
+            ram: self.ram.take().expect("RAM lives as long as the handle"),
+        }
+    }
+
+    /// Joins every VM thread (the VM must be stopping), returning the vCPUs.
+    fn join_threads(&mut self) -> Vec<VcpuFd> {
+        let mut vcpus = Vec::new();
+        for thread in self.vcpu_threads.drain(..) {
+            // A kick can land while the thread is outside KVM_RUN; repeat until it leaves.
+            while !thread.is_finished() {
+                self.latch.kick_all();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Ok(fd) = thread.join() {
+                vcpus.push(fd);
+            }
+        }
+        if let Some(thread) = self.event_thread.take() {
+            let _ = thread.join();
+        }
+        vcpus
     }
 
     /// When `start` began.
@@ -300,17 +395,11 @@ impl VmHandle {
 impl Drop for VmHandle {
     fn drop(&mut self) {
         self.latch.request(VmExit::Stopped);
-        for thread in self.vcpu_threads.drain(..) {
-            // A kick can land while the thread is outside KVM_RUN; repeat until it leaves.
-            while !thread.is_finished() {
-                self.latch.kick_all();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let _ = thread.join();
-        }
-        if let Some(thread) = self.event_thread.take() {
-            let _ = thread.join();
-        }
+        drop(self.join_threads());
+        // The devices hold copies of the RAM mapping; the VM goes before its RAM.
+        self.virtio.clear();
+        drop(self.vm.take());
+        drop(self.ram.take());
     }
 }
 
@@ -350,18 +439,17 @@ fn create_virtio(
     Ok(out)
 }
 
-fn attach_all_virtio(
+/// Wires each device at its slot index; the caller keeps the devices.
+pub(crate) fn attach_all_virtio(
     vm: &VmFd,
     buses: &mut Buses,
-    devices: Vec<virtio::VirtioMmioDevice>,
-) -> Result<(Vec<DeviceInfo>, Vec<Subscriber>), BuildError> {
-    let mut infos = Vec::new();
-    let mut subscribers = Vec::new();
-    for (index, device) in devices.into_iter().enumerate() {
-        infos.push(devices::attach_virtio(vm, &mut buses.mmio, index, &device)?);
-        subscribers.push(device.subscriber);
-    }
-    Ok((infos, subscribers))
+    devices: &[virtio::VirtioMmioDevice],
+) -> Result<Vec<DeviceInfo>, BuildError> {
+    devices
+        .iter()
+        .enumerate()
+        .map(|(index, device)| Ok(devices::attach_virtio(vm, &mut buses.mmio, index, device)?))
+        .collect()
 }
 
 /// Wakes the event loop when the VM starts stopping, so teardown does not wait

@@ -7,12 +7,14 @@
 pub mod arch;
 pub mod builder;
 pub mod bus;
+pub mod clone;
 pub mod config;
 pub mod devices;
 pub mod host;
 pub mod layout;
 pub mod memory;
 pub mod snapshot;
+pub mod test_guests;
 pub mod vcpu;
 
 pub use builder::{start, VmHandle};

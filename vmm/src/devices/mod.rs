@@ -7,6 +7,7 @@
 
 pub mod exit;
 pub mod i8042;
+pub mod report;
 pub mod serial;
 pub mod virtio;
 
@@ -76,22 +77,24 @@ pub fn virtio_slot(index: usize) -> Result<(u64, u32), DeviceError> {
     Ok((base, gsi))
 }
 
-/// Puts COM1, the i8042 and the exit port on the I/O bus; the serial interrupt
-/// goes to KVM as an irqfd.
+/// Puts COM1 (new, or with the registers of `saved` for a clone), the i8042 and
+/// the exit port on the I/O bus; the serial interrupt goes to KVM as an irqfd.
+/// Returns COM1, for a later capture.
 pub fn attach_legacy(
     vm: &VmFd,
     io: &mut Bus,
     console: Box<dyn Write + Send>,
     latch: &Arc<StopLatch>,
-) -> Result<(), DeviceError> {
-    let (serial, irq) = serial::SerialDevice::new(console)?;
+    saved: Option<&serial::SerialSnapshot>,
+) -> Result<Arc<Mutex<serial::SerialDevice>>, DeviceError> {
+    let (serial, irq) = match saved {
+        Some(state) => serial::SerialDevice::restore(state, console)?,
+        None => serial::SerialDevice::new(console)?,
+    };
     vm.register_irqfd(&irq, SERIAL_IRQ)
         .map_err(|e| DeviceError::Irqfd(SERIAL_IRQ, e))?;
-    io.insert(
-        Arc::new(Mutex::new(serial)),
-        SERIAL_PORT as u64,
-        SERIAL_PORT_LEN as u64,
-    )?;
+    let serial = Arc::new(Mutex::new(serial));
+    io.insert(serial.clone(), SERIAL_PORT as u64, SERIAL_PORT_LEN as u64)?;
     let i8042 = i8042::I8042::new(latch.clone());
     io.insert(
         Arc::new(Mutex::new(i8042)),
@@ -102,7 +105,7 @@ pub fn attach_legacy(
     io.insert(Arc::new(Mutex::new(exit)), EXIT_PORT as u64, 1)?;
     // The irqfd registration holds its own reference to the eventfd's file.
     drop(irq);
-    Ok(())
+    Ok(serial)
 }
 
 /// Wires virtio device `index`: MMIO window, queue-notify ioeventfds, irqfd.

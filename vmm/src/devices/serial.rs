@@ -1,11 +1,13 @@
 //! COM1: a 16550A UART (vm-superio) whose output goes to the console writer and
 //! whose interrupt is an EventFd the builder registers as irqfd on `SERIAL_IRQ`.
 //!
-//! There is no guest input yet.
+//! There is no guest input yet. `save`/`restore` carry the UART's registers
+//! through a template (`SerialSnapshot`).
 
 use std::io::{self, Write};
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -16,6 +18,57 @@ use crate::bus::BusDevice;
 pub enum SerialError {
     #[error("creating the serial interrupt eventfd failed")]
     EventFd(#[source] io::Error),
+    #[error("saved serial state does not fit the UART (receive FIFO overfull)")]
+    BadState,
+}
+
+/// The UART's registers and receive FIFO, as `vm_superio::SerialState`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for SerialSnapshot {
+    fn from(s: SerialState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialSnapshot> for SerialState {
+    fn from(s: &SerialSnapshot) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
 }
 
 /// Raises the serial IRQ by writing the irqfd.
@@ -41,6 +94,22 @@ impl SerialDevice {
         let trigger = irq.try_clone().map_err(SerialError::EventFd)?;
         let uart = Serial::new(IrqEvent(trigger), out);
         Ok((SerialDevice { uart }, irq))
+    }
+
+    /// A UART with the registers of `state` (a clone's), writing to `out`.
+    pub fn restore(
+        state: &SerialSnapshot,
+        out: Box<dyn Write + Send>,
+    ) -> Result<(SerialDevice, EventFd), SerialError> {
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(SerialError::EventFd)?;
+        let trigger = irq.try_clone().map_err(SerialError::EventFd)?;
+        let uart = Serial::from_state(&state.into(), IrqEvent(trigger), NoEvents, out)
+            .map_err(|_| SerialError::BadState)?;
+        Ok((SerialDevice { uart }, irq))
+    }
+
+    pub fn save(&self) -> SerialSnapshot {
+        self.uart.state().into()
     }
 }
 
@@ -87,6 +156,27 @@ mod tests {
             dev.write(0, &[*b]);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn registers_survive_save_and_restore() {
+        let (mut dev, _irq) = SerialDevice::new(Box::new(io::sink())).unwrap();
+        dev.write(7, &[0x5a]); // scratch
+        dev.write(3, &[0x03]); // LCR: 8N1
+        dev.write(1, &[0x02]); // IER: THR empty
+        let saved = dev.save();
+        let (mut back, _irq) = SerialDevice::restore(&saved, Box::new(io::sink())).unwrap();
+        let mut b = [0u8];
+        back.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        back.read(3, &mut b);
+        assert_eq!(b[0], 0x03);
+        assert_eq!(back.save(), saved);
+        let overfull = SerialSnapshot {
+            in_buffer: vec![0; 1000],
+            ..saved
+        };
+        assert!(SerialDevice::restore(&overfull, Box::new(io::sink())).is_err());
     }
 
     #[test]

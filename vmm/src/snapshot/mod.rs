@@ -8,7 +8,7 @@
 //! (`devices::virtio::persist`).
 //!
 //! Capture, with the vCPUs paused and the event loop stopped:
-//! 1. `DevicesState::capture(&virtio_devices)` (slot order);
+//! 1. `DevicesState::capture(&virtio_devices, &serial)` (slot order);
 //! 2. each vCPU's and the VM's KVM state into `VcpuState`s and a `VmArchState`;
 //! 3. `MemoryLayout::of(ram.memory())`, then `VmState::new(..)`;
 //! 4. to disk: `state.save(dir/"state")` and `save_memory(ram.file(), dir/"memory")`.
@@ -37,4 +37,6 @@ pub use state::{
 /// The state format this spore writes and reads. Bump it whenever `VmState` or
 /// anything in it changes shape or meaning; old templates are then refused with
 /// "recreate the template" rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: `DevicesState` carries the serial port's registers.
+pub const FORMAT_VERSION: u32 = 2;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::FORMAT_VERSION;
+use crate::devices::serial::{SerialDevice, SerialSnapshot};
 use crate::devices::virtio::{
     self, PersistError, VirtioDeviceState, VirtioMmioDevice, VsockIdentity,
 };
@@ -162,17 +163,23 @@ impl XsaveState {
 /// The devices' state. `virtio[i]` is the device in virtio-mmio slot `i`
 /// (`devices::virtio_slot(i)`); restore keeps the order, so each device gets its
 /// old MMIO window and GSI back, as the guest's kernel command line says.
+///
+/// Legacy devices: COM1's registers are here; the i8042 and the exit port hold no
+/// state (the i8042's output buffer is always empty, a reset command acts at once).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicesState {
     pub virtio: Vec<VirtioDeviceState>,
+    /// COM1 (added in format version 2).
+    pub serial: SerialSnapshot,
 }
 
 impl DevicesState {
-    /// Captures every virtio device, in slot order. Call it with the vCPUs and the
-    /// event loop stopped.
-    pub fn capture(virtio: &[VirtioMmioDevice]) -> Self {
+    /// Captures every virtio device, in slot order, and the serial port. Call it
+    /// with the vCPUs and the event loop stopped.
+    pub fn capture(virtio: &[VirtioMmioDevice], serial: &SerialDevice) -> Self {
         Self {
             virtio: virtio.iter().map(VirtioMmioDevice::save).collect(),
+            serial: serial.save(),
         }
     }
 
@@ -351,8 +358,11 @@ mod tests {
     fn devices_capture_and_restore_in_slot_order() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let devices = vec![rng(&mem).unwrap(), rng(&mem).unwrap()];
-        let state = DevicesState::capture(&devices);
+        let (mut serial, _irq) = SerialDevice::new(Box::new(std::io::sink())).unwrap();
+        crate::bus::BusDevice::write(&mut serial, 7, &[0x77]);
+        let state = DevicesState::capture(&devices, &serial);
         assert_eq!(state.virtio.len(), 2);
+        assert_eq!(state.serial.scratch, 0x77);
         // Through the state file, as a template saved to disk and loaded again.
         let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
         let path = dir.as_path().join("state");
@@ -367,6 +377,6 @@ mod tests {
         assert_eq!(loaded.devices, state);
         let restored = loaded.devices.restore(&mem, None).unwrap();
         assert_eq!(restored.len(), 2);
-        assert_eq!(DevicesState::capture(&restored), state);
+        assert_eq!(DevicesState::capture(&restored, &serial), state);
     }
 }

@@ -12,8 +12,8 @@ use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{VcpuFd, VmFd};
 
 pub use exit::{handle_exit, instruction_bytes, Action, Buses, Data, Exit};
-pub use run::run_vcpu;
-pub use stop::{StopLatch, VmExit};
+pub use run::{run_vcpu, settle};
+pub use stop::{monotonic_ns, StopLatch, VmExit};
 
 use crate::arch::{cpuid, gdt, regs, Quirks};
 

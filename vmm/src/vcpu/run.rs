@@ -13,10 +13,13 @@ const BP_VECTOR: u8 = 3;
 /// Length of `int3`.
 const INT3_LEN: u64 = 1;
 
-/// Runs `vcpu` until the VM stops; every way out goes through `latch`.
-pub fn run_vcpu(mut vcpu: VcpuFd, index: u8, buses: Arc<Buses>, latch: Arc<StopLatch>) {
+/// Runs `vcpu` until the VM stops; every way out goes through `latch`. Returns
+/// the vCPU, so that a stopped VM's state can still be captured.
+pub fn run_vcpu(mut vcpu: VcpuFd, index: u8, buses: Arc<Buses>, latch: Arc<StopLatch>) -> VcpuFd {
     latch.enter_vcpu(vcpu.get_kvm_run());
     while !latch.is_stopping() {
+        latch.wait_while_paused();
+        latch.mark_running();
         let action = step(&mut vcpu, &buses);
         if let Err(reason) = apply(&mut vcpu, action) {
             latch.request(reason);
@@ -24,6 +27,21 @@ pub fn run_vcpu(mut vcpu: VcpuFd, index: u8, buses: Arc<Buses>, latch: Arc<StopL
     }
     latch.leave_vcpu();
     log::debug!("vCPU {index} left its run loop");
+    vcpu
+}
+
+/// Completes what the last exit left pending inside KVM (an I/O instruction's
+/// result, an MMIO read) with one KVM_RUN that returns before guest code runs,
+/// so the registers are consistent for a capture.
+pub fn settle(vcpu: &mut VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    vcpu.set_kvm_immediate_exit(1);
+    let result = match vcpu.run() {
+        Ok(_) => Ok(()),
+        Err(e) if e.errno() == libc::EINTR => Ok(()),
+        Err(e) => Err(e),
+    };
+    vcpu.set_kvm_immediate_exit(0);
+    result
 }
 
 /// One KVM_RUN and the decision about its exit (device I/O happens here).

@@ -65,6 +65,18 @@ thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes on one host
+/// (clone latency is measured from an order in one process to a vCPU in another).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives on our stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The real-time signal used to kick vCPU threads.
 fn kick_signal() -> i32 {
     SIGRTMIN()
@@ -91,6 +103,12 @@ pub struct StopLatch {
     threads: Mutex<Vec<libc::pthread_t>>,
     /// Written once the VM is stopping, to wake threads that poll (the event loop).
     wakers: Mutex<Vec<EventFd>>,
+    /// Set while the host wants the vCPUs parked outside KVM_RUN.
+    paused: Mutex<bool>,
+    resumed: Condvar,
+    /// CLOCK_MONOTONIC (ns) when a vCPU first entered KVM_RUN.
+    running_since: Mutex<Option<u64>>,
+    running: Condvar,
 }
 
 impl StopLatch {
@@ -112,6 +130,9 @@ impl StopLatch {
         };
         self.stopping.store(true, Ordering::SeqCst);
         self.done.notify_all();
+        // Parked vCPUs must see the stop too (take the lock so none misses it).
+        drop(self.paused.lock().expect("stop latch poisoned"));
+        self.resumed.notify_all();
         self.kick_all();
         self.wake_all();
         first
@@ -158,6 +179,48 @@ impl StopLatch {
             }
         };
         slot.clone()
+    }
+
+    /// Parks every vCPU outside KVM_RUN (they wait in `wait_while_paused`) until
+    /// `resume` or a stop; the vCPUs are kicked out of the guest at once.
+    pub fn pause(&self) {
+        *self.paused.lock().expect("stop latch poisoned") = true;
+        self.kick_all();
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        *self.paused.lock().expect("stop latch poisoned") = false;
+        self.resumed.notify_all();
+    }
+
+    /// Called by a vCPU thread between two KVM_RUNs: blocks while paused.
+    pub fn wait_while_paused(&self) {
+        let paused = self.paused.lock().expect("stop latch poisoned");
+        let _unpaused = self
+            .resumed
+            .wait_while(paused, |p| *p && !self.is_stopping())
+            .expect("stop latch poisoned");
+    }
+
+    /// Records, once, that a vCPU is about to enter the guest.
+    pub fn mark_running(&self) {
+        let mut since = self.running_since.lock().expect("stop latch poisoned");
+        if since.is_none() {
+            *since = Some(monotonic_ns());
+            self.running.notify_all();
+        }
+    }
+
+    /// CLOCK_MONOTONIC (ns) when a vCPU first entered the guest, waiting up to
+    /// `timeout` for it.
+    pub fn wait_running(&self, timeout: Duration) -> Option<u64> {
+        let since = self.running_since.lock().expect("stop latch poisoned");
+        *self
+            .running
+            .wait_timeout_while(since, timeout, |s| s.is_none())
+            .expect("stop latch poisoned")
+            .0
     }
 
     /// Registers the calling thread as running `run`'s vCPU loop.
@@ -233,6 +296,35 @@ mod tests {
         let after = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
         latch.add_waker(after.try_clone().unwrap());
         assert_eq!(after.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn pause_parks_until_resume_or_stop() {
+        let latch = Arc::new(StopLatch::new());
+        latch.pause();
+        let l = latch.clone();
+        let t = std::thread::spawn(move || l.wait_while_paused());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_finished(), "a paused vCPU waits");
+        latch.resume();
+        t.join().unwrap();
+        latch.pause();
+        let l = latch.clone();
+        let t = std::thread::spawn(move || l.wait_while_paused());
+        latch.request(VmExit::Stopped);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn running_is_recorded_once() {
+        let latch = StopLatch::new();
+        assert_eq!(latch.wait_running(Duration::from_millis(5)), None);
+        let before = monotonic_ns();
+        latch.mark_running();
+        let first = latch.wait_running(Duration::ZERO).unwrap();
+        latch.mark_running();
+        assert_eq!(latch.wait_running(Duration::ZERO), Some(first));
+        assert!(first >= before && first <= monotonic_ns());
     }
 
     #[test]
