@@ -357,7 +357,13 @@ pub fn cleanup_cgroup(dir: &Path) {
             cleanup_cgroup(&entry.path());
         }
     }
-    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    // Never create the file: outside cgroupfs (tests) that would fill the dir.
+    if let Ok(mut kill) = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.kill"))
+    {
+        let _ = std::io::Write::write_all(&mut kill, b"1");
+    }
     for _ in 0..100 {
         if fs::remove_dir(dir).is_ok() {
             return;
