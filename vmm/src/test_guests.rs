@@ -69,3 +69,91 @@ pub fn counter(
 pub fn set_limit(mem: &GuestMemoryMmap, limit: u64) -> Result<(), vm_memory::GuestMemoryError> {
     mem.write_obj(limit, GuestAddress(LIMIT))
 }
+
+/// Serial output kept in memory, for waiting on a line of the guest's log.
+#[derive(Clone, Default)]
+pub struct SerialLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SerialLog {
+    pub fn contains(&self, needle: &str) -> bool {
+        let log = self.0.lock().expect("serial log poisoned");
+        String::from_utf8_lossy(&log).contains(needle)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("serial log poisoned")).into_owned()
+    }
+}
+
+impl std::io::Write for SerialLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("serial log poisoned")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Errors from booting the spinning Linux guest.
+#[derive(Debug, thiserror::Error)]
+pub enum TestGuestError {
+    #[error("booting the guest")]
+    Boot(#[from] crate::builder::BuildError),
+    #[error("the guest ended before running /init ({0}); serial log tail:\n{1}")]
+    Ended(crate::vcpu::VmExit, String),
+    #[error("the guest did not run /init within {0:?}; serial log tail:\n{1}")]
+    Timeout(std::time::Duration, String),
+}
+
+/// Where the spinning guest's log and vsock socket go.
+pub struct SpinningLinux<'a> {
+    pub kernel: &'a std::path::Path,
+    /// `resources/build-spin-init.sh`'s initramfs.
+    pub initrd: &'a std::path::Path,
+    pub mem_mib: u32,
+    /// The template's vsock host socket (clones get their own).
+    pub vsock_uds: &'a std::path::Path,
+    pub log: SerialLog,
+}
+
+/// Boots the real guest kernel with spore's devices (vsock, rng) on the spinning
+/// `/init`, and returns once `/init` has run for `settle` (its user-mode loop,
+/// with the kernel's timer ticks underneath).
+pub fn spinning_linux(
+    g: SpinningLinux,
+    timeout: std::time::Duration,
+    settle: std::time::Duration,
+) -> Result<crate::builder::VmHandle, TestGuestError> {
+    let mut config = crate::config::VmConfig::new(g.kernel.to_owned());
+    config.initrd = Some(g.initrd.to_owned());
+    config.mem_mib = g.mem_mib;
+    config.console = Console::Writer(Box::new(g.log.clone()));
+    config.rng = true;
+    config.vsock = Some(crate::config::VsockConfig {
+        cid: 3,
+        uds_path: g.vsock_uds.to_owned(),
+    });
+    let vm = crate::builder::start(config)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let tail = |log: &SerialLog| {
+        let text = log.text();
+        text[text.len().saturating_sub(2000)..].to_string()
+    };
+    while !g.log.contains("Run /init") {
+        if let Some(exit) = vm.wait_timeout(std::time::Duration::from_millis(200)) {
+            return Err(TestGuestError::Ended(exit, tail(&g.log)));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(TestGuestError::Timeout(timeout, tail(&g.log)));
+        }
+    }
+    if let Some(exit) = vm.wait_timeout(settle) {
+        return Err(TestGuestError::Ended(exit, tail(&g.log)));
+    }
+    Ok(vm)
+}

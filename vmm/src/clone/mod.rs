@@ -15,4 +15,7 @@ pub mod worker;
 
 pub use restore::{clone_in_process, CloneError, CloneOptions, PreparedClone, StartTimes};
 pub use template::{Template, TemplateError, MEMORY_FILE, STATE_FILE};
-pub use worker::{private_kib, CloneOrder, PrepTimes, Started, Worker, WorkerError, WorkerOptions};
+pub use worker::{
+    private_kib, private_split_kib, CloneOrder, PrepTimes, Started, Worker, WorkerError,
+    WorkerOptions,
+};

@@ -303,6 +303,32 @@ pub fn private_kib(pid: i32) -> std::io::Result<u64> {
         .sum())
 }
 
+/// Private memory of process `pid` in KiB, split: (everything, the part inside
+/// mappings of exactly `ram_kib` — the guest RAM, i.e. the pages the guest
+/// wrote). From /proc/PID/smaps.
+pub fn private_split_kib(pid: i32, ram_kib: u64) -> std::io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (mut total, mut guest, mut in_ram) = (0, 0, false);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (key, value) = (
+            f.next().unwrap_or(""),
+            f.next().and_then(|v| v.parse::<u64>().ok()),
+        );
+        match (key, value) {
+            ("Size:", Some(size)) => in_ram = size == ram_kib,
+            ("Private_Clean:" | "Private_Dirty:", Some(kib)) => {
+                total += kib;
+                if in_ram {
+                    guest += kib;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((total, guest))
+}
+
 /// Closes every fd of this (child) process but stdio, `keep` and the template
 /// memory: the parent's other sockets (other workers', listeners) must not stay
 /// open in every clone, or closing them in the parent would not be seen.
