@@ -22,6 +22,10 @@ use crate::supervisor::{Supervisor, SupervisorError};
 use error::ApiError;
 use http::{HttpError, Request};
 
+/// How long a connection may sit idle (or dribble a request head) before the
+/// server drops it, so idle clients cannot pin threads for ever.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/spore/spore.sock";
 /// Where the daemon keeps its state unless `$SPORE_RUN_DIR` says otherwise.
@@ -158,11 +162,16 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
 trait Conn: Read + Write + Send + Sized + 'static {
     fn split(&self) -> std::io::Result<Self>;
     fn shutdown_both(&self);
+    fn read_timeout(&self, t: Option<std::time::Duration>);
 }
 
 impl Conn for std::os::unix::net::UnixStream {
     fn split(&self) -> std::io::Result<Self> {
         self.try_clone()
+    }
+
+    fn read_timeout(&self, t: Option<std::time::Duration>) {
+        let _ = self.set_read_timeout(t);
     }
 
     fn shutdown_both(&self) {
@@ -175,6 +184,10 @@ impl Conn for std::net::TcpStream {
         self.try_clone()
     }
 
+    fn read_timeout(&self, t: Option<std::time::Duration>) {
+        let _ = self.set_read_timeout(t);
+    }
+
     fn shutdown_both(&self) {
         let _ = self.shutdown(std::net::Shutdown::Both);
     }
@@ -185,6 +198,9 @@ fn serve_conn<C: Conn>(sup: &Arc<Supervisor>, conn: C, token: Option<&str>) {
     let Ok(mut writer) = conn.split() else {
         return;
     };
+    // The timeout is on the socket: it bounds reading requests; an attached
+    // client's stdin (after an upgrade) may be idle as long as it likes.
+    conn.read_timeout(Some(IDLE_TIMEOUT));
     let mut reader = BufReader::new(conn);
     loop {
         let req = match http::read_request(&mut reader) {
@@ -204,6 +220,7 @@ fn serve_conn<C: Conn>(sup: &Arc<Supervisor>, conn: C, token: Option<&str>) {
                 // The connection now carries frames both ways until the end.
                 let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
                             Upgrade: spore-stream\r\n\r\n";
+                writer.read_timeout(None);
                 let closer = writer.split();
                 if writer.write_all(head.as_bytes()).is_ok() {
                     f(Box::new(reader), Box::new(writer));
