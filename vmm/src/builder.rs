@@ -64,6 +64,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("spawning a VM thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("the VM has no vCPU")]
+    NoVcpu,
     #[error("creating the event loop's stop eventfd failed")]
     StopEventFd(#[source] std::io::Error),
 }
@@ -255,9 +257,44 @@ fn launch(p: Prepared, num_cpus: u8, quirks: Quirks, entry: u64) -> Result<VmHan
     run(p, fds)
 }
 
+/// vCPU 0 of a VM, for the caller to run on its own thread (a clone process runs
+/// it on the thread that received the clone order: no thread to wake or spawn
+/// between the order and the guest).
+pub struct CallerVcpu {
+    fd: VcpuFd,
+    buses: Arc<Buses>,
+    latch: Arc<StopLatch>,
+}
+
+impl CallerVcpu {
+    /// Runs vCPU 0 until the VM stops.
+    pub fn run(self) {
+        drop(vcpu::run_vcpu(self.fd, 0, self.buses, self.latch));
+    }
+}
+
 /// Starts the event loop and one thread per configured vCPU (`fds` in index
 /// order), and hands everything to a `VmHandle`.
 pub(crate) fn run(p: Prepared, fds: Vec<VcpuFd>) -> Result<VmHandle, BuildError> {
+    Ok(spawn_all(p, fds, false)?.0)
+}
+
+/// Like `run`, except that vCPU 0 is handed back to run on the caller's thread.
+/// The handle must outlive that run.
+pub(crate) fn run_first_here(
+    p: Prepared,
+    fds: Vec<VcpuFd>,
+) -> Result<(VmHandle, CallerVcpu), BuildError> {
+    let (handle, first) = spawn_all(p, fds, true)?;
+    let first = first.ok_or(BuildError::NoVcpu)?;
+    Ok((handle, first))
+}
+
+fn spawn_all(
+    p: Prepared,
+    fds: Vec<VcpuFd>,
+    first_here: bool,
+) -> Result<(VmHandle, Option<CallerVcpu>), BuildError> {
     let subscribers: Vec<Subscriber> = p.virtio.iter().map(|d| d.subscriber.clone()).collect();
     let mut handle = VmHandle {
         latch: p.latch,
@@ -276,7 +313,16 @@ pub(crate) fn run(p: Prepared, fds: Vec<VcpuFd>) -> Result<VmHandle, BuildError>
         handle.event_thread = Some(spawn_event_loop(subscribers, &handle.latch)?);
     }
     let buses = Arc::new(p.buses);
+    let mut first = None;
     for (index, fd) in fds.into_iter().enumerate() {
+        if index == 0 && first_here {
+            first = Some(CallerVcpu {
+                fd,
+                buses: buses.clone(),
+                latch: handle.latch.clone(),
+            });
+            continue;
+        }
         let (buses, latch) = (buses.clone(), handle.latch.clone());
         let thread = std::thread::Builder::new()
             .name(format!("spore-vcpu{index}"))
@@ -289,7 +335,7 @@ pub(crate) fn run(p: Prepared, fds: Vec<VcpuFd>) -> Result<VmHandle, BuildError>
         handle.started.elapsed(),
         handle.cmdline
     );
-    Ok(handle)
+    Ok((handle, first))
 }
 
 impl VmHandle {

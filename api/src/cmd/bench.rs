@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Boot(BenchBootArgs),
     /// End-to-end `run` latency of `echo hello` through the daemon, next to crun.
     Run(crate::cmd::bench_run::BenchRunArgs),
+    /// Clone latency, clones per second and memory per clone of a template.
+    Clone(crate::cmd::clone_bench::BenchCloneArgs),
 }
 
 #[derive(Args)]
@@ -47,6 +49,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<i32> {
     match command {
         BenchCommand::Boot(args) => bench_boot(args),
         BenchCommand::Run(args) => crate::cmd::bench_run::run(args),
+        BenchCommand::Clone(args) => crate::cmd::clone_bench::run(args),
     }
 }
 

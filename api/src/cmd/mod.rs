@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_run;
+pub mod clone_bench;
 pub mod doctor;
 pub mod exec;
 pub mod logs;

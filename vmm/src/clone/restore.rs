@@ -16,7 +16,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use super::kvm_state::{self, KvmStateError};
 use super::Template;
 use crate::arch::vm::{self, VmError};
-use crate::builder::{self, BuildError, ExtraDevice, Prepared, VmHandle};
+use crate::builder::{self, BuildError, CallerVcpu, ExtraDevice, Prepared, VmHandle};
 use crate::config::Console;
 use crate::devices::virtio::{PersistError, VsockIdentity};
 use crate::devices::{self, DeviceError};
@@ -111,13 +111,41 @@ impl PreparedClone {
     }
 
     /// Restores `state` (the template's) with `options`' identity and runs the
-    /// vCPUs. `times` gets the end of each step.
+    /// vCPUs on new threads. `times` gets the end of each step.
     pub fn start(
         self,
         state: &VmState,
         options: CloneOptions,
         times: &mut StartTimes,
     ) -> Result<VmHandle, CloneError> {
+        let (prepared, vcpus) = self.restore(state, options, times)?;
+        let handle = builder::run(prepared, vcpus)?;
+        times.threads = monotonic_ns();
+        Ok(handle)
+    }
+
+    /// Like `start`, but vCPU 0 is returned for the caller to run on its own
+    /// thread (`CallerVcpu::run`), keeping thread creation and wake-ups off the
+    /// path from the order to the guest.
+    pub fn start_here(
+        self,
+        state: &VmState,
+        options: CloneOptions,
+        times: &mut StartTimes,
+    ) -> Result<(VmHandle, CallerVcpu), CloneError> {
+        let (prepared, vcpus) = self.restore(state, options, times)?;
+        let started = builder::run_first_here(prepared, vcpus)?;
+        times.threads = monotonic_ns();
+        Ok(started)
+    }
+
+    /// The restore steps shared by `start` and `start_here`.
+    fn restore(
+        self,
+        state: &VmState,
+        options: CloneOptions,
+        times: &mut StartTimes,
+    ) -> Result<(Prepared, Vec<VcpuFd>), CloneError> {
         times.begin = monotonic_ns();
         // 1. VM-wide state: PIT, clock, PIC and IOAPIC, before any irqfd.
         kvm_state::restore_vm(&self.vm, &state.vm)?;
@@ -145,7 +173,7 @@ impl PreparedClone {
             kvm_state::restore_vcpu(&self.vm, fd, vcpu_state)?;
         }
         times.vcpus = monotonic_ns();
-        // 5. Event loop and vCPU threads.
+        // 5. What the builder needs to run the event loop and the vCPUs.
         let prepared = Prepared {
             kvm: self.kvm,
             vm: self.vm,
@@ -158,9 +186,7 @@ impl PreparedClone {
             cmdline: String::new(),
             started: Instant::now(),
         };
-        let handle = builder::run(prepared, self.vcpus)?;
-        times.threads = monotonic_ns();
-        Ok(handle)
+        Ok((prepared, self.vcpus))
     }
 }
 

@@ -31,7 +31,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::restore::{CloneOptions, PreparedClone, StartTimes};
 use super::Template;
-use crate::builder::{ExtraDevice, VmHandle};
+use crate::builder::{CallerVcpu, ExtraDevice, VmHandle};
 use crate::config::Console;
 use crate::devices::report::{ReportPort, REPORT_PORT};
 use crate::vcpu::monotonic_ns;
@@ -348,82 +348,144 @@ fn close_inherited_fds(keep: &[RawFd]) {
     }
 }
 
+/// The child: prepare, wait for the order, restore, then run vCPU 0 on this very
+/// thread while a control thread (started before the order) answers the host.
 fn child_main(template: &Template, options: &WorkerOptions, sock: UnixStream) -> i32 {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     close_inherited_fds(&[sock.as_raw_fd(), template.memory().as_raw_fd()]);
-    let mut session = match Session::prepare(template, sock) {
-        Ok(s) => s,
-        Err(_) => return 1,
+    let Ok(mut writer) = sock.try_clone() else {
+        return 1;
     };
-    match session.serve(template, options) {
-        Ok(()) => 0,
+    let mut reader = BufReader::new(sock);
+    // 1. Everything that does not depend on the order.
+    let t0 = Instant::now();
+    let prepared = match PreparedClone::new(template) {
+        Ok(p) => p,
         Err(e) => {
-            let _ = writeln!(session.writer, "ERR {e}");
+            let _ = writeln!(writer, "ERR preparing the clone VM: {}", chain(&e));
+            return 1;
+        }
+    };
+    let [kvm_vm, memory, vcpus] = prepared.prep_us;
+    let (tx, rx) = std::sync::mpsc::channel::<Running>();
+    let control = std::thread::Builder::new()
+        .name("spore-control".into())
+        .spawn(move || control_loop(rx));
+    if control.is_err() {
+        return 1;
+    }
+    let total = t0.elapsed().as_micros();
+    if writeln!(writer, "READY {kvm_vm} {memory} {vcpus} {total}").is_err() {
+        return 1;
+    }
+    // 2. The order, waited for at real-time priority: on a busy host a plain
+    //    thread woken by the order can wait milliseconds for a core.
+    set_realtime(0, true);
+    let mut line = String::new();
+    if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+        return 0;
+    }
+    let received = monotonic_ns();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.first() != Some(&"CLONE") {
+        let _ = writeln!(writer, "ERR expected CLONE, got {:?}", line.trim());
+        return 1;
+    }
+    // 3. Restore, hand the VM to the control thread, run vCPU 0 here.
+    match start_clone(prepared, template, options, &f, received) {
+        Ok((handle, first, report, times)) => {
+            let running = Running {
+                // SAFETY: gettid has no preconditions.
+                vcpu_tid: unsafe { libc::gettid() },
+                handle,
+                report,
+                times,
+                reader,
+                writer,
+            };
+            if tx.send(running).is_err() {
+                return 1;
+            }
+            // The control thread lowers this thread's priority as soon as the
+            // guest runs (lowering it here could let any busy task delay the
+            // first KVM_RUN by a whole time slice).
+            first.run();
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(writer, "ERR {e}");
             1
         }
     }
 }
 
-/// The child's side of the protocol.
-struct Session {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    prepared: Option<PreparedClone>,
+/// Puts thread `tid` (0: the caller) under SCHED_FIFO (lowest real-time
+/// priority) or back under SCHED_OTHER; returns whether it worked (it needs
+/// CAP_SYS_NICE; without it clones start at normal priority).
+fn set_realtime(tid: libc::pid_t, on: bool) -> bool {
+    let (policy, priority) = match on {
+        true => (libc::SCHED_FIFO, 1),
+        false => (libc::SCHED_OTHER, 0),
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: sched_setscheduler on a thread of this process reads one
+    // sched_param from our stack.
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
-impl Session {
-    fn prepare(template: &Template, sock: UnixStream) -> Result<Session, std::io::Error> {
-        let mut writer = sock.try_clone()?;
-        let reader = BufReader::new(sock);
-        let t0 = Instant::now();
-        match PreparedClone::new(template) {
-            Ok(prepared) => {
-                let total = t0.elapsed().as_micros();
-                let [kvm_vm, memory, vcpus] = prepared.prep_us;
-                writeln!(writer, "READY {kvm_vm} {memory} {vcpus} {total}")?;
-                Ok(Session {
-                    reader,
-                    writer,
-                    prepared: Some(prepared),
-                })
-            }
-            Err(e) => {
-                writeln!(writer, "ERR preparing the clone VM: {}", chain(&e))?;
-                Err(std::io::Error::other("prepare failed"))
-            }
-        }
-    }
+/// A started clone, handed from the vCPU thread to the control thread.
+struct Running {
+    /// The thread running vCPU 0.
+    vcpu_tid: libc::pid_t,
+    handle: VmHandle,
+    report: Option<SharedReport>,
+    times: StartTimes,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
 
-    fn serve(&mut self, template: &Template, options: &WorkerOptions) -> Result<(), String> {
-        let mut vm: Option<(VmHandle, Option<SharedReport>)> = None;
+/// Acknowledges the start once the vCPU entered the guest, then answers
+/// commands; the process ends when the host closes the socket.
+fn control_loop(rx: std::sync::mpsc::Receiver<Running>) {
+    // Real-time until the guest runs, so that this thread gets a core at once
+    // to put the vCPU thread back to normal priority.
+    set_realtime(0, true);
+    let Ok(mut r) = rx.recv() else {
+        return;
+    };
+    let running = r.handle.wait_running(RUNNING_TIMEOUT).unwrap_or(0);
+    set_realtime(r.vcpu_tid, false);
+    set_realtime(0, false);
+    let t = r.times;
+    let ack = format!(
+        "RUNNING {} {} {} {} {} {running}",
+        t.begin, t.vm_state, t.devices, t.vcpus, t.threads
+    );
+    if writeln!(r.writer, "{ack}").is_ok() {
         loop {
             let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return Ok(()),
+            match r.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
             let f: Vec<&str> = line.split_whitespace().collect();
-            let reply = match (f.first().copied(), &vm) {
-                (Some("CLONE"), None) => {
-                    let received = monotonic_ns();
-                    let prepared = self.prepared.take().ok_or("no prepared VM")?;
-                    let (handle, report, times) =
-                        start_clone(prepared, template, options, &f, received)?;
-                    let running = handle.wait_running(RUNNING_TIMEOUT).unwrap_or(0);
-                    vm = Some((handle, report));
-                    format!(
-                        "RUNNING {received} {} {} {} {} {running}",
-                        times.vm_state, times.devices, times.vcpus, times.threads
-                    )
-                }
-                (Some(cmd), Some((handle, report))) => command(cmd, &f, handle, report.as_ref()),
-                _ => format!("ERR unexpected {:?}", line.trim()),
-            };
-            writeln!(self.writer, "{reply}").map_err(|e| e.to_string())?;
+            let cmd = f.first().copied().unwrap_or("");
+            let reply = command(cmd, &f, &r.handle, r.report.as_ref());
+            if writeln!(r.writer, "{reply}").is_err() {
+                break;
+            }
         }
     }
+    // The host is gone or done with this clone: end the process at once (the
+    // vCPU runs on the main thread, and nothing here needs an orderly teardown).
+    // SAFETY: _exit ends the process without running the parent's destructors.
+    unsafe { libc::_exit(0) };
 }
+
+type StartedClone = (VmHandle, CallerVcpu, Option<SharedReport>, StartTimes);
 
 fn start_clone(
     prepared: PreparedClone,
@@ -431,7 +493,7 @@ fn start_clone(
     options: &WorkerOptions,
     f: &[&str],
     received: u64,
-) -> Result<(VmHandle, Option<SharedReport>, StartTimes), String> {
+) -> Result<StartedClone, String> {
     let cid: u64 = f.get(2).and_then(|c| c.parse().ok()).unwrap_or(0);
     let vsock = match f.get(3) {
         Some(path) if *path != "-" && cid != 0 => Some((cid, PathBuf::from(path))),
@@ -456,11 +518,11 @@ fn start_clone(
         io_devices,
     };
     let mut times = StartTimes::default();
-    let handle = prepared
-        .start(&template.state, clone_options, &mut times)
+    let (handle, first) = prepared
+        .start_here(&template.state, clone_options, &mut times)
         .map_err(|e| chain(&e))?;
     times.begin = received;
-    Ok((handle, report, times))
+    Ok((handle, first, report, times))
 }
 
 /// Answers one command to a running clone.
