@@ -12,4 +12,5 @@ pub mod rm;
 pub mod run;
 pub mod serve;
 pub mod template;
+pub mod template_persist;
 pub mod vm;

@@ -14,6 +14,10 @@ pub enum TemplateCommand {
     Create(TemplateCreateArgs),
     /// Delete a template.
     Rm(TemplateRmArgs),
+    /// Boot and capture a template here (no daemon) and save it to a directory.
+    Save(super::template_persist::TemplateSaveArgs),
+    /// Load a saved template, check it, and start clones of it.
+    Load(super::template_persist::TemplateLoadArgs),
 }
 
 #[derive(Args)]
@@ -46,6 +50,8 @@ pub struct TemplateRmArgs {
 
 pub fn run(command: TemplateCommand) -> anyhow::Result<i32> {
     match command {
+        TemplateCommand::Save(args) => super::template_persist::save(args),
+        TemplateCommand::Load(args) => super::template_persist::load(args),
         TemplateCommand::Ls(args) => {
             let list = args.daemon.client()?.call("GET", "/v1/templates", None)?;
             if args.json {

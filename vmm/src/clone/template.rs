@@ -33,9 +33,9 @@ pub enum TemplateError {
     NotFileBacked,
     #[error("sealing the template's memory")]
     Seal(#[from] MemoryError),
-    #[error("template state")]
+    #[error("state file")]
     State(#[from] StateFileError),
-    #[error("template memory")]
+    #[error("memory file")]
     MemoryFile(#[from] MemoryFileError),
     #[error("cannot create template directory {}", .0.display())]
     Dir(PathBuf, #[source] std::io::Error),
