@@ -4,7 +4,8 @@
 //!   here with the host's reason where microVMs cannot run; elsewhere it waits for
 //!   templates and clones (issue 4). See [`vm`].
 //! - `process`: spore's agent runs directly on the host, one agent process per
-//!   sandbox, and puts the container in fresh namespaces. See [`process`].
+//!   sandbox, and puts the container in fresh namespaces. See [`process`]; agents
+//!   are pre-started by [`pool`], and re-adopted agents watched by [`pidwatch`].
 //!
 //! Not here: sandbox state and orchestration (`supervisor`), HTTP (`server`).
 

@@ -1,6 +1,8 @@
 //! The `process` isolation backend: one host-mode agent per sandbox,
 //! `spore-agent --listen unix:<dir>/agent.sock --run-dir <dir>/agent --cgroup-root
-//! <cgroup2>/spore/<id>`, driven over the agent protocol like a guest's agent.
+//! <cgroup2>/spore/<agent id>` with `<dir>` = `<run_dir>/agents/<agent id>`, driven
+//! over the agent protocol like a guest's agent. The container inside is named
+//! after the sandbox.
 //!
 //! The agent runs in its own session so it outlives a daemon that dies: a
 //! restarted daemon re-adopts it by pid (see [`AgentProcess::adopt`]). Owns

@@ -1,11 +1,12 @@
 //! The supervisor: the daemon's table of sandboxes and the operations on them.
 //! Each operation lives in its own file (`sandbox_create.rs`, `sandbox_delete.rs`,
-//! `sandbox_exec.rs`, `sandbox_run.rs`, `sandbox_attach.rs`); re-adoption after a restart in
-//! `adopt.rs`.
+//! `sandbox_exec.rs`, `sandbox_run.rs`, `sandbox_attach.rs`); re-adoption after a
+//! restart in `adopt.rs`.
 //!
-//! State on disk: `<run_dir>/sandboxes/<id>/` holds `sandbox.json` (the record),
-//! `output.log` (stdout/stderr frames), and for process isolation the agent's
-//! socket, log and run directory.
+//! State on disk: `<run_dir>/sandboxes/<id>/` holds `sandbox.json` (the record)
+//! and `output.log` (stdout/stderr frames); for process isolation the record
+//! names the agent's directory `<run_dir>/agents/<agent id>/` (socket, log, pid
+//! file, run directory).
 //!
 //! Not here: HTTP (`server`), how agents are started (`backend`).
 
