@@ -104,6 +104,9 @@ pub struct VmHandle {
     virtio: Vec<virtio::VirtioMmioDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     kvm: Option<Kvm>,
+    /// Device subscribers whose event loop the owner starts later
+    /// (`start_event_loop`, for clones started with `run_first_here`).
+    pending_subscribers: Vec<Subscriber>,
     // Dropped in this order after the threads: the VM, then its RAM.
     vm: Option<VmFd>,
     ram: Option<GuestRam>,
@@ -306,10 +309,15 @@ fn spawn_all(
         virtio: p.virtio,
         serial: p.serial,
         kvm: Some(p.kvm),
+        pending_subscribers: Vec::new(),
         vm: Some(p.vm),
         ram: Some(p.ram),
     };
-    if !subscribers.is_empty() {
+    if first_here {
+        // Started by the owner once vCPU 0 runs: a thread spawn is not worth
+        // delaying the guest for (queue notifications wait in their eventfds).
+        handle.pending_subscribers = subscribers;
+    } else if !subscribers.is_empty() {
         handle.event_thread = Some(spawn_event_loop(subscribers, &handle.latch)?);
     }
     let buses = Arc::new(p.buses);
@@ -376,6 +384,16 @@ impl VmHandle {
     /// The virtio devices themselves (slot order).
     pub fn virtio_devices(&self) -> &[virtio::VirtioMmioDevice] {
         &self.virtio
+    }
+
+    /// Starts the device event loop of a VM started with `run_first_here`
+    /// (nothing to do for other VMs, or twice).
+    pub fn start_event_loop(&mut self) -> Result<(), BuildError> {
+        let subscribers = std::mem::take(&mut self.pending_subscribers);
+        if !subscribers.is_empty() && self.event_thread.is_none() {
+            self.event_thread = Some(spawn_event_loop(subscribers, &self.latch)?);
+        }
+        Ok(())
     }
 
     /// Parks the vCPUs outside the guest until `resume`.

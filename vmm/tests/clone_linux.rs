@@ -80,13 +80,21 @@ fn linux_clones_keep_taking_timer_interrupts_and_stay_isolated() {
     );
 
     // 2. Two clones, each in its own process with its own vsock identity.
-    let options = WorkerOptions::default();
+    // Clone 0 uses the socket its worker bound ahead of time; clone 1 is told
+    // another path, bound when its order arrives.
+    let options = WorkerOptions {
+        vsock_dir: Some(dir.as_path().to_owned()),
+        ..WorkerOptions::default()
+    };
     let mut clones: Vec<Worker> = (0..2)
         .map(|_| Worker::spawn(&template, &options).unwrap())
         .collect();
     for (i, w) in clones.iter_mut().enumerate() {
         w.wait_ready().unwrap();
-        let uds = dir.as_path().join(format!("clone{i}.vsock"));
+        let uds = match i {
+            0 => w.vsock_path().expect("a pre-bound socket").to_owned(),
+            _ => dir.as_path().join(format!("clone{i}.vsock")),
+        };
         let order = CloneOrder {
             vsock: Some((10 + i as u64, uds.clone())),
         };

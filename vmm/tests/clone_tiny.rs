@@ -64,8 +64,8 @@ fn read_u64(template: &Template, addr: u64) -> u64 {
 
 fn workers(template: &Template, n: usize) -> Vec<Worker> {
     let options = WorkerOptions {
-        console: None,
         report_port: true,
+        ..WorkerOptions::default()
     };
     let mut out: Vec<Worker> = (0..n)
         .map(|_| Worker::spawn(template, &options).unwrap())
@@ -230,6 +230,7 @@ fn sealed_template_memory_refuses_writes_and_clones_in_process() {
     let options = CloneOptions {
         console: Console::Null,
         vsock: None,
+        vsock_listener: None,
         io_devices: vec![ExtraDevice {
             base: REPORT_PORT as u64,
             len: ReportPort::len(),

@@ -55,6 +55,10 @@ pub struct BenchCloneArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Clone a template saved by `spore template save` (of the `--template`
+    /// kind) instead of booting one.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
     /// Also print each clone's steps (µs) to stderr.
     #[arg(long)]
     pub each: bool,
@@ -83,7 +87,8 @@ struct CloneBench {
 struct Breakdown {
     order_to_worker: u64,
     vm_state: u64,
-    devices: u64,
+    devices_create: u64,
+    devices_wire: u64,
     vcpu_state: u64,
     threads: u64,
     to_first_kvm_run: u64,
@@ -181,7 +186,10 @@ fn median(values: impl Iterator<Item = u64>) -> u64 {
 
 pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
     // 1. The template (this process has no other thread once it is captured).
-    let template = make_template(args.template, args.mem_mib, args.kernel, args.initrd)?;
+    let template = match &args.from {
+        Some(dir) => Template::load(dir)?,
+        None => make_template(args.template, args.mem_mib, args.kernel, args.initrd)?,
+    };
     let linux = args.template == TemplateKind::Linux;
     // A Linux clone of the spinning-init template keeps a host core busy (its
     // /init spins; on kvm_pvm its timer ticks are emulated too): park it.
@@ -192,6 +200,7 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
     let options = WorkerOptions {
         console: None,
         report_port: !linux,
+        vsock_dir: linux.then(|| dir.clone()),
     };
     // 2. The pool: every clone process forked and prepared ahead of its order.
     let t0 = Instant::now();
@@ -210,9 +219,10 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
     //    or parked), so a clone's latency is not another clone's guest time.
     let mut started: Vec<Started> = Vec::new();
     for (i, w) in workers.iter_mut().enumerate() {
-        let uds = dir.join(format!("clone{i}.vsock"));
+        // Each clone's own CID, on the socket its worker bound ahead of time.
+        let uds = w.vsock_path().map(|p| p.to_owned());
         let order = CloneOrder {
-            vsock: linux.then(|| (100 + i as u64, uds)),
+            vsock: uds.map(|uds| (100 + i as u64, uds)),
         };
         let t = Instant::now();
         started.push(w.start(&order)?);
@@ -237,11 +247,12 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
             let t = &s.times;
             let us = |a: u64, b: u64| b.saturating_sub(a) / 1000;
             eprintln!(
-                "clone {i}: {} µs = to worker {} + vm {} + devices {} + vcpus {} + threads {} + run {}",
+                "clone {i}: {} µs = to worker {} + vm {} + devices {} + wiring {} + vcpus {} + threads {} + run {}",
                 us(s.order, s.running),
                 us(s.order, s.received),
                 us(s.received, t.vm_state),
-                us(t.vm_state, t.devices),
+                us(t.vm_state, t.devices_created),
+                us(t.devices_created, t.devices),
                 us(t.devices, t.vcpus),
                 us(t.vcpus, t.threads),
                 us(t.threads, s.running)
@@ -271,7 +282,8 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
         breakdown_us: Breakdown {
             order_to_worker: step(|s| (s.order, s.received)),
             vm_state: step(|s| (s.received, s.times.vm_state)),
-            devices: step(|s| (s.times.vm_state, s.times.devices)),
+            devices_create: step(|s| (s.times.vm_state, s.times.devices_created)),
+            devices_wire: step(|s| (s.times.devices_created, s.times.devices)),
             vcpu_state: step(|s| (s.times.devices, s.times.vcpus)),
             threads: step(|s| (s.times.vcpus, s.times.threads)),
             to_first_kvm_run: step(|s| (s.times.threads, s.running)),
@@ -320,8 +332,8 @@ fn print_report(r: &CloneBench) {
         println!("note: each clone ran until its guest halted itself (idle, not parked)");
     }
     println!(
-        "after the order (median µs): to worker {}, VM state {}, devices {}, vCPU state {}, threads {}, to first KVM_RUN {}",
-        b.order_to_worker, b.vm_state, b.devices, b.vcpu_state, b.threads, b.to_first_kvm_run
+        "after the order (median µs): to worker {}, VM state {}, devices created {}, devices wired {}, vCPU state {}, threads {}, to first KVM_RUN {}",
+        b.order_to_worker, b.vm_state, b.devices_create, b.devices_wire, b.vcpu_state, b.threads, b.to_first_kvm_run
     );
     println!(
         "ahead of the order (median µs): fork {}, KVM VM + irqchip + PIT {}, map + register memory {}, vCPUs + CPUID {} (worker total {})",

@@ -81,6 +81,7 @@ pub fn load(args: TemplateLoadArgs) -> anyhow::Result<i32> {
     let options = WorkerOptions {
         console: None,
         report_port: tiny,
+        vsock_dir: None,
     };
     let mut workers = (0..args.clones)
         .map(|_| Worker::spawn(&template, &options))

@@ -7,6 +7,7 @@
 //! Owns the restore order. The ioctls are `kvm_state`'s; device state is
 //! `snapshot::DevicesState::restore`'s; the threads are the builder's.
 
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,6 +54,8 @@ pub struct CloneOptions {
     /// The clone's vsock CID and host socket (a template with a vsock device
     /// keeps the template's otherwise, which only one clone at a time can bind).
     pub vsock: Option<(u64, PathBuf)>,
+    /// A listener already bound at the vsock path (see `VsockIdentity`).
+    pub vsock_listener: Option<UnixListener>,
     /// Extra port I/O devices (test guests' report ports).
     pub io_devices: Vec<ExtraDevice>,
 }
@@ -62,6 +65,8 @@ pub struct CloneOptions {
 pub struct StartTimes {
     pub begin: u64,
     pub vm_state: u64,
+    /// Devices recreated from their state (then wired to KVM until `devices`).
+    pub devices_created: u64,
     pub devices: u64,
     pub vcpus: u64,
     pub threads: u64,
@@ -164,8 +169,10 @@ impl PreparedClone {
         let identity = options.vsock.as_ref().map(|(cid, path)| VsockIdentity {
             cid: *cid,
             uds_path: path,
+            listener: options.vsock_listener.as_ref(),
         });
         let virtio = state.devices.restore(self.ram.memory(), identity)?;
+        times.devices_created = monotonic_ns();
         let infos = builder::attach_all_virtio(&self.vm, &mut buses, &virtio)?;
         times.devices = monotonic_ns();
         // 4. Every vCPU's registers, LAPIC, MSRs, events.

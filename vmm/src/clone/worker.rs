@@ -9,9 +9,9 @@
 //! Owns the fork, the fd hygiene of the child, and the line protocol:
 //!
 //! ```text
-//! worker → host  READY <prep µs: kvm vm memory vcpus>
+//! worker → host  READY <prep µs: kvm vm memory vcpus total> <pre-bound vsock path | ->
 //! host → worker  CLONE <order ns> <cid> <uds path | ->
-//! worker → host  RUNNING <received ns> <vm state ns> <devices ns> <vcpus ns> <threads ns> <first KVM_RUN ns>
+//! worker → host  RUNNING <received ns> <vm state ns> <devices created ns> <devices wired ns> <vcpus ns> <threads ns> <first KVM_RUN ns>
 //! host → worker  PARK | RESUME                    → OK
 //!                REPORT <slot>                    → SLOT <first|-> <last|-> <count>
 //!                POKE <guest addr> <u64>          → OK
@@ -65,6 +65,9 @@ pub struct WorkerOptions {
     pub console: Option<PathBuf>,
     /// Attach a `ReportPort` (test guests).
     pub report_port: bool,
+    /// Where each worker binds its clone's vsock host socket ahead of the order
+    /// (`clone-<pid>.vsock`; `Worker::vsock_path`).
+    pub vsock_dir: Option<PathBuf>,
 }
 
 /// A clone's identity, sent with the order.
@@ -107,6 +110,7 @@ pub struct Worker {
     writer: UnixStream,
     /// Preparation times, once `wait_ready` returned.
     pub prep: PrepTimes,
+    vsock_path: Option<PathBuf>,
 }
 
 impl Worker {
@@ -139,6 +143,7 @@ impl Worker {
             reader: BufReader::new(host),
             writer,
             prep: PrepTimes::default(),
+            vsock_path: None,
         })
     }
 
@@ -146,9 +151,19 @@ impl Worker {
         self.pid
     }
 
+    /// The vsock host socket this worker bound ahead of its order, if any: an
+    /// order naming it skips the bind.
+    pub fn vsock_path(&self) -> Option<&std::path::Path> {
+        self.vsock_path.as_deref()
+    }
+
     /// Waits until the worker's VM is prepared.
     pub fn wait_ready(&mut self) -> Result<(), WorkerError> {
-        let line = self.read_line()?;
+        let mut line = self.read_line()?;
+        if let Some((head, path)) = line.rsplit_once(' ') {
+            self.vsock_path = (path != "-").then(|| PathBuf::from(path));
+            line = head.to_string();
+        }
         let v = numbers(self.pid, &line, "READY", 4)?;
         self.prep = PrepTimes {
             kvm_vm_us: v[0],
@@ -168,18 +183,19 @@ impl Worker {
         let now = monotonic_ns();
         self.send(&format!("CLONE {now} {cid} {uds}"))?;
         let line = self.read_line()?;
-        let v = numbers(self.pid, &line, "RUNNING", 6)?;
+        let v = numbers(self.pid, &line, "RUNNING", 7)?;
         Ok(Started {
             order: now,
             received: v[0],
             times: StartTimes {
                 begin: v[0],
                 vm_state: v[1],
-                devices: v[2],
-                vcpus: v[3],
-                threads: v[4],
+                devices_created: v[2],
+                devices: v[3],
+                vcpus: v[4],
+                threads: v[5],
             },
-            running: v[5],
+            running: v[6],
         })
     }
 
@@ -368,6 +384,16 @@ fn child_main(template: &Template, options: &WorkerOptions, sock: UnixStream) ->
         }
     };
     let [kvm_vm, memory, vcpus] = prepared.prep_us;
+    let vsock = match prebind_vsock(options) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(writer, "ERR binding the clone's vsock socket: {e}");
+            return 1;
+        }
+    };
+    let bound_path = vsock
+        .as_ref()
+        .map_or("-".to_string(), |(_, p)| p.display().to_string());
     let (tx, rx) = std::sync::mpsc::channel::<Running>();
     let control = std::thread::Builder::new()
         .name("spore-control".into())
@@ -376,7 +402,12 @@ fn child_main(template: &Template, options: &WorkerOptions, sock: UnixStream) ->
         return 1;
     }
     let total = t0.elapsed().as_micros();
-    if writeln!(writer, "READY {kvm_vm} {memory} {vcpus} {total}").is_err() {
+    if writeln!(
+        writer,
+        "READY {kvm_vm} {memory} {vcpus} {total} {bound_path}"
+    )
+    .is_err()
+    {
         return 1;
     }
     // 2. The order, waited for at real-time priority: on a busy host a plain
@@ -393,7 +424,7 @@ fn child_main(template: &Template, options: &WorkerOptions, sock: UnixStream) ->
         return 1;
     }
     // 3. Restore, hand the VM to the control thread, run vCPU 0 here.
-    match start_clone(prepared, template, options, &f, received) {
+    match start_clone(prepared, template, options, &f, received, vsock) {
         Ok((handle, first, report, times)) => {
             let running = Running {
                 // SAFETY: gettid has no preconditions.
@@ -436,6 +467,19 @@ fn set_realtime(tid: libc::pid_t, on: bool) -> bool {
     unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
+/// Binds `<vsock_dir>/clone-<pid>.vsock` if the options ask for it.
+fn prebind_vsock(
+    options: &WorkerOptions,
+) -> std::io::Result<Option<(std::os::unix::net::UnixListener, PathBuf)>> {
+    let Some(dir) = &options.vsock_dir else {
+        return Ok(None);
+    };
+    let path = dir.join(format!("clone-{}.vsock", std::process::id()));
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    listener.set_nonblocking(true)?;
+    Ok(Some((listener, path)))
+}
+
 /// A started clone, handed from the vCPU thread to the control thread.
 struct Running {
     /// The thread running vCPU 0.
@@ -459,10 +503,19 @@ fn control_loop(rx: std::sync::mpsc::Receiver<Running>) {
     let running = r.handle.wait_running(RUNNING_TIMEOUT).unwrap_or(0);
     set_realtime(r.vcpu_tid, false);
     set_realtime(0, false);
+    if let Err(e) = r.handle.start_event_loop() {
+        let _ = writeln!(
+            r.writer,
+            "ERR starting the device event loop: {}",
+            chain(&e)
+        );
+        // SAFETY: _exit ends the process without running the parent's destructors.
+        unsafe { libc::_exit(1) };
+    }
     let t = r.times;
     let ack = format!(
-        "RUNNING {} {} {} {} {} {running}",
-        t.begin, t.vm_state, t.devices, t.vcpus, t.threads
+        "RUNNING {} {} {} {} {} {} {running}",
+        t.begin, t.vm_state, t.devices_created, t.devices, t.vcpus, t.threads
     );
     if writeln!(r.writer, "{ack}").is_ok() {
         loop {
@@ -493,10 +546,20 @@ fn start_clone(
     options: &WorkerOptions,
     f: &[&str],
     received: u64,
+    bound: Option<(std::os::unix::net::UnixListener, PathBuf)>,
 ) -> Result<StartedClone, String> {
     let cid: u64 = f.get(2).and_then(|c| c.parse().ok()).unwrap_or(0);
     let vsock = match f.get(3) {
         Some(path) if *path != "-" && cid != 0 => Some((cid, PathBuf::from(path))),
+        _ => None,
+    };
+    // The pre-bound socket serves an order that names it; otherwise it goes.
+    let vsock_listener = match (&vsock, bound) {
+        (Some((_, want)), Some((listener, path))) if *want == path => Some(listener),
+        (_, Some((_, path))) => {
+            let _ = std::fs::remove_file(path);
+            None
+        }
         _ => None,
     };
     let report = options.report_port.then(ReportPort::shared);
@@ -515,6 +578,7 @@ fn start_clone(
     let clone_options = CloneOptions {
         console,
         vsock,
+        vsock_listener,
         io_devices,
     };
     let mut times = StartTimes::default();

@@ -52,6 +52,8 @@ pub enum VirtioError {
     Block(#[from] block::BlockError),
     #[error("vsock device")]
     Vsock(#[from] vsock::VsockError),
+    #[error("duplicating the vsock listener failed")]
+    Listener(#[source] std::io::Error),
     #[error("{0} device does not support this operation")]
     WrongDevice(&'static str),
 }

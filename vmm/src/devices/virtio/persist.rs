@@ -5,6 +5,7 @@
 //! KVM: a restored `VirtioMmioDevice` is wired exactly like a new one (MMIO bus,
 //! ioeventfds, irqfd, event loop), by the builder.
 
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -49,6 +50,9 @@ pub struct VirtioDeviceState {
 pub struct VsockIdentity<'a> {
     pub cid: u64,
     pub uds_path: &'a Path,
+    /// A listener already bound at `uds_path` (bound ahead of the restore, off
+    /// its critical path); `None` binds one.
+    pub listener: Option<&'a UnixListener>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,10 +137,17 @@ fn restore_vsock(
     if let (Some(id), false) = (identity, active) {
         s.cid = id.cid;
     }
+    let bound = match identity.and_then(|id| id.listener) {
+        Some(l) => Some(l.try_clone().map_err(VirtioError::Listener)?),
+        None => None,
+    };
     let m = mem.clone();
     let make = |irq, evts| {
         let wake = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        Ok(Vsock::restore(m, irq, evts, wake, &s, &uds_path)?)
+        Ok(match bound {
+            Some(l) => Vsock::restore_bound(m, irq, evts, wake, &s, (l, &uds_path)),
+            None => Vsock::restore(m, irq, evts, wake, &s, &uds_path)?,
+        })
     };
     assemble("vsock", mem, 3, make, DeviceControl::Vsock)
 }

@@ -163,6 +163,7 @@ fn active_vsock_restores_with_a_new_identity_and_a_transport_reset() {
     let id = VsockIdentity {
         cid: 42,
         uds_path: &clone_path,
+        listener: None,
     };
     let (r, mem2, state) = round_trip(&d, &mem, Some(id));
     let DeviceKindState::Vsock(v) = &state.device else {
@@ -195,6 +196,7 @@ fn inactive_vsock_takes_the_new_cid_without_a_reset() {
     let id = VsockIdentity {
         cid: 43,
         uds_path: &clone_path,
+        listener: None,
     };
     let (r, _mem2, _) = round_trip(&d, &mem, Some(id));
     run_events(&r);

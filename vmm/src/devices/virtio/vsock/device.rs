@@ -66,17 +66,28 @@ impl Vsock {
         cid: u64,
         uds_path: &Path,
     ) -> Result<Self, VsockError> {
-        Ok(Self {
+        let host = HostSide::bind(uds_path, cid)?;
+        Ok(Self::with_host(mem, irq, queue_evts, wake_evt, host))
+    }
+
+    pub(super) fn with_host(
+        mem: GuestMemoryMmap,
+        irq: Arc<IrqTrigger>,
+        queue_evts: Vec<EventFd>,
+        wake_evt: EventFd,
+        host: HostSide,
+    ) -> Self {
+        Self {
             mem,
             irq,
             queue_evts,
             wake_evt,
-            host: HostSide::bind(uds_path, cid)?,
+            host,
             queues: Vec::new(),
             reset_requested: None,
             reset_event_pending: false,
             scratch: Vec::with_capacity(MAX_PAYLOAD),
-        })
+        }
     }
 
     pub fn guest_cid(&self) -> u64 {

@@ -63,8 +63,13 @@ pub struct HostSide {
 
 impl HostSide {
     pub fn bind(uds_path: &Path, guest_cid: u64) -> Result<Self, HostError> {
-        let listener = listen(uds_path)?;
-        Ok(Self {
+        Ok(Self::with_listener(listen(uds_path)?, uds_path, guest_cid))
+    }
+
+    /// The host side on a listener bound ahead of time at `uds_path` (a clone
+    /// process binds its socket before its clone order arrives).
+    pub fn with_listener(listener: UnixListener, uds_path: &Path, guest_cid: u64) -> Self {
+        Self {
             uds_path: uds_path.to_owned(),
             guest_cid,
             listener,
@@ -74,7 +79,7 @@ impl HostSide {
             dead: Vec::new(),
             control: VecDeque::new(),
             next_port: FIRST_EPHEMERAL_PORT,
-        })
+        }
     }
 
     pub fn uds_path(&self) -> &Path {

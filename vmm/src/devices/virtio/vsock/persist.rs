@@ -6,6 +6,7 @@
 //! CID. The restore binds its own host socket: a clone must not take over the
 //! template's path, which the template process still owns.
 
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::host::HostSide;
 use super::{Vsock, VsockError};
 use crate::devices::virtio::device::IrqTrigger;
 
@@ -43,6 +45,19 @@ impl Vsock {
         uds_path: &Path,
     ) -> Result<Self, VsockError> {
         Vsock::new(mem, irq, queue_evts, wake_evt, state.cid, uds_path)
+    }
+
+    /// Like `restore`, on a listener already bound at `uds_path`.
+    pub fn restore_bound(
+        mem: GuestMemoryMmap,
+        irq: Arc<IrqTrigger>,
+        queue_evts: Vec<EventFd>,
+        wake_evt: EventFd,
+        state: &VsockState,
+        (listener, uds_path): (UnixListener, &Path),
+    ) -> Self {
+        let host = HostSide::with_listener(listener, uds_path, state.cid);
+        Vsock::with_host(mem, irq, queue_evts, wake_evt, host)
     }
 }
 
