@@ -22,6 +22,10 @@
 //!    the irqchip state, so a re-raised interrupt is not overwritten), its
 //!    subscriber added to the event loop;
 //! 4. the vCPUs created, `state.vcpus` applied, then run.
+//!
+//! `clone::template` and `clone::restore` implement these lists; a clone creates
+//! its VM, maps and registers RAM and creates its vCPUs with their CPUID before
+//! its order arrives (`clone::PreparedClone`), so only the state writes remain.
 
 mod crc64;
 mod file;
