@@ -4,7 +4,9 @@
 //! stays for `spore ps -a` / `spore logs` until `spore rm`.
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
 use serde_json::{json, Value};
@@ -172,30 +174,31 @@ fn run_attached(
     };
     let created = client.call("POST", path, Some(spec))?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
-    let (mut from, mut to) = client.upgrade(&format!("/v1/sandboxes/{id}/attach"))?;
+    let (mut from, to) = client.upgrade(&format!("/v1/sandboxes/{id}/attach"))?;
+    // Frames from two threads (stdin, resizes): one writer at a time.
+    let to = Arc::new(Mutex::new(to));
     let raw = if tty { RawMode::enable(0)? } else { None };
     if raw.is_some() {
-        if let Some((rows, cols)) = window_size(0) {
-            let mut size = rows.to_be_bytes().to_vec();
-            size.extend_from_slice(&cols.to_be_bytes());
-            to.write_all(&encode_frame(FrameKind::Resize, &size))?;
-        }
+        send_window_size(&to);
+        follow_window_size(&to);
     }
     // Our stdin → its stdin, on a helper thread; the end of ours closes its.
     std::thread::spawn(move || {
+        let send = |frame: Vec<u8>| {
+            to.lock()
+                .map_err(|_| std::io::ErrorKind::Other.into())
+                .and_then(|mut w| w.write_all(&frame))
+        };
         let mut buf = [0u8; 16 * 1024];
         let mut stdin = std::io::stdin().lock();
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = to.write_all(&encode_frame(FrameKind::CloseStdin, &[]));
+                    let _ = send(encode_frame(FrameKind::CloseStdin, &[]));
                     return;
                 }
                 Ok(n) => {
-                    if to
-                        .write_all(&encode_frame(FrameKind::Stdin, &buf[..n]))
-                        .is_err()
-                    {
+                    if send(encode_frame(FrameKind::Stdin, &buf[..n])).is_err() {
                         return;
                     }
                 }
@@ -220,6 +223,41 @@ fn run_attached(
         eprintln!("spore: the attach stream ended without an exit code");
         SPORE_FAILED
     }))
+}
+
+/// Sends our terminal's size as a resize frame.
+fn send_window_size(to: &Mutex<UnixStream>) {
+    if let Some((rows, cols)) = window_size(0) {
+        let mut size = rows.to_be_bytes().to_vec();
+        size.extend_from_slice(&cols.to_be_bytes());
+        if let Ok(mut w) = to.lock() {
+            let _ = w.write_all(&encode_frame(FrameKind::Resize, &size));
+        }
+    }
+}
+
+/// Forwards every later change of our terminal's size (SIGWINCH).
+fn follow_window_size(to: &Arc<Mutex<UnixStream>>) {
+    // SAFETY: the sigset lives on this stack; the calls only edit it and this
+    // thread's signal mask. Blocking SIGWINCH (ignored by default anyway) lets
+    // the helper thread take it with sigwait.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let to = to.clone();
+    std::thread::spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: `set` and `sig` are valid for the call, which only reads the
+        // set and writes `sig`.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        send_window_size(&to);
+    });
 }
 
 /// Create, follow its logs, then its exit code; the sandbox stays.
