@@ -7,14 +7,18 @@
 //! `resources/build-initramfs.sh`). Skips without them, fails without them in CI.
 
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use spore_agent::protocol::messages::PROTOCOL_VERSION;
+use spore_agent::protocol::client::Client;
+use spore_agent::protocol::messages::{CloneFixup, PROTOCOL_VERSION};
+use spore_agent::protocol::spec::{ContainerSpec, ContainerStatus, ExitReason, RootfsSpec};
 use spore_tests::agent::connect_agent;
-use spore_tests::fixtures;
 use spore_tests::qemu::{GuestExit, Qemu, QemuConfig, TcgTools, BOOT_TIMEOUT};
 use spore_tests::skip_unless;
 use spore_tests::tempdir::TempDir;
+use spore_tests::{fixtures, image};
 
 /// The guest kernel boots to user space: the kernel hands over to /init and the
 /// virtio-mmio vsock device QEMU put on the command line is probed.
@@ -107,4 +111,176 @@ fn agent_answers_hello_and_shuts_down() {
         .wait_exit(Duration::from_secs(30))
         .expect("wait for QEMU");
     assert_eq!(exit, Some(GuestExit::PowerOff), "{}", vm.serial_log());
+}
+
+// ---- Containers in the guest: the agent's engine with the busybox rootfs on
+// ---- /dev/vda (an erofs image attached as the virtio-blk disk).
+
+/// A guest booted with the busybox rootfs disk, and a client to its agent.
+struct Guest {
+    vm: Qemu,
+    client: Client,
+}
+
+impl Guest {
+    fn boot(tools: TcgTools, rootfs_image: PathBuf) -> Guest {
+        let mut vm = Qemu::boot(&QemuConfig::new(tools).disk(rootfs_image)).expect("boot");
+        let client = connect_agent(&mut vm, BOOT_TIMEOUT).expect("agent connection");
+        client.set_timeout(Some(Duration::from_secs(120))).unwrap();
+        Guest { vm, client }
+    }
+}
+
+/// Boots a guest with the rootfs disk, or skips the test when a prerequisite is
+/// missing.
+macro_rules! guest_with_rootfs {
+    () => {{
+        let tools = skip_unless!(TcgTools::find());
+        let image = skip_unless!(image::busybox_rootfs_image());
+        Guest::boot(tools, image)
+    }};
+}
+
+/// A container running `sh -c script` on the busybox rootfs disk.
+fn sh(script: &str) -> ContainerSpec {
+    ContainerSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin".into()],
+        rootfs: RootfsSpec {
+            lower: GUEST_DISK.into(),
+        },
+        ..ContainerSpec::default()
+    }
+}
+
+/// The guest's virtio-blk disk.
+const GUEST_DISK: &str = "/dev/vda";
+
+#[test]
+fn container_output_and_exit_code() {
+    let mut g = guest_with_rootfs!();
+    let t = Instant::now();
+    let out = g
+        .client
+        .run("c1", &sh("echo hello; echo oops >&2; exit 3"))
+        .expect("run");
+    eprintln!("guest_tcg: container create→exit: {:.2?}", t.elapsed());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert_eq!(out.exit.code, 3);
+    assert_eq!(out.exit.reason, ExitReason::Exited);
+    assert_eq!(out.exit.signal, None);
+    assert_eq!(
+        g.client.state("c1").unwrap().status,
+        ContainerStatus::Exited
+    );
+}
+
+#[test]
+fn memory_limit_ends_in_oom() {
+    let mut g = guest_with_rootfs!();
+    let mut spec = sh("dd if=/dev/zero of=/dev/null bs=96M count=1; echo survived");
+    spec.limits.memory_bytes = Some(24 << 20);
+    let out = g.client.run("oom", &spec).expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("survived") || out.exit.reason == ExitReason::Oom);
+    assert_eq!(
+        out.exit.reason,
+        ExitReason::Oom,
+        "exit {:?}, stdout {stdout:?}",
+        out.exit
+    );
+    // The guest is fine afterwards.
+    let again = g
+        .client
+        .run("after", &sh("echo ok"))
+        .expect("run after oom");
+    assert_eq!(again.stdout, b"ok\n");
+    g.vm.check_alive().expect("the guest survived the OOM kill");
+}
+
+#[test]
+fn pids_limit_contains_a_fork_bomb() {
+    let mut g = guest_with_rootfs!();
+    let mut bomb = sh("b() { b | b & }; b; sleep 1000");
+    bomb.limits.pids = Some(32);
+    g.client.create("bomb", &bomb).expect("create bomb");
+    g.client.start("bomb").expect("start bomb");
+    std::thread::sleep(Duration::from_secs(3));
+    // Other containers still start and finish while the bomb is running.
+    let t = Instant::now();
+    let out = g
+        .client
+        .run("alive", &sh("echo alive"))
+        .expect("run beside the bomb");
+    assert_eq!(out.stdout, b"alive\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    g.client.delete("bomb").expect("delete bomb");
+    let ids: Vec<String> = g.client.list().unwrap().into_iter().map(|c| c.id).collect();
+    assert!(!ids.contains(&"bomb".to_string()), "{ids:?}");
+    g.vm.check_alive().expect("the guest survived the bomb");
+}
+
+#[test]
+fn ten_mib_of_stdout_arrives_complete() {
+    let Guest { mut vm, mut client } = guest_with_rootfs!();
+    const LEN: usize = 10 << 20;
+    let spec = sh(&format!("yes 0123456789abcdef | head -c {LEN}"));
+    // A lost end-of-stream would block the client for ever: run it on a thread and
+    // fail after a deadline (dropping the VM then unblocks the thread).
+    let t = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.run("big", &spec));
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(result) => result.expect("run"),
+        Err(_) => panic!("no result after 60 s; guest alive: {:?}", vm.check_alive()),
+    };
+    eprintln!("guest_tcg: 10 MiB of stdout in {:.2?}", t.elapsed());
+    assert_eq!(out.exit.code, 0);
+    assert_eq!(out.stdout.len(), LEN, "stdout truncated");
+    let line = b"0123456789abcdef\n";
+    assert!(out.stdout.chunks(line.len()).all(|c| c == &line[..c.len()]));
+}
+
+#[test]
+fn delete_removes_a_running_container() {
+    let mut g = guest_with_rootfs!();
+    g.client.create("d", &sh("sleep 1000")).expect("create");
+    g.client.start("d").expect("start");
+    let state = g.client.state("d").unwrap();
+    assert_eq!(state.status, ContainerStatus::Running);
+    assert!(state.pid > 1);
+    g.client.delete("d").expect("delete");
+    assert!(g.client.state("d").is_err(), "state of a deleted container");
+    assert!(g.client.list().unwrap().is_empty());
+    // Its cgroup, run dir and mounts are gone: the same id can be used again.
+    let out = g
+        .client
+        .run("d", &sh("echo again"))
+        .expect("re-create the same id");
+    assert_eq!(out.stdout, b"again\n");
+}
+
+#[test]
+fn clone_fixup_sets_the_identity() {
+    let mut g = guest_with_rootfs!();
+    // 2030-01-01T00:00:00Z
+    let realtime_ns = 1_893_456_000u64 * 1_000_000_000;
+    let fixup = CloneFixup {
+        entropy: (0..64u8).collect(),
+        realtime_ns: Some(realtime_ns),
+        hostname: Some("clone-7".into()),
+        sandbox_id: Some("sb-7".into()),
+    };
+    g.client.fixup(&fixup).expect("fixup");
+    let hello = g.client.hello().expect("hello after fixup");
+    assert_eq!(hello.sandbox_id.as_deref(), Some("sb-7"));
+    let out = g.client.run("t", &sh("date -u +%Y")).expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2030");
 }
