@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use spore_agent::protocol::client::Client;
-use spore_agent::protocol::messages::{CloneFixup, PROTOCOL_VERSION};
+use spore_agent::protocol::client::{Client, ClientError};
+use spore_agent::protocol::messages::{CloneFixup, ErrorCode, PROTOCOL_VERSION};
 use spore_agent::protocol::spec::{ContainerSpec, ContainerStatus, ExitReason, RootfsSpec};
 use spore_tests::agent::connect_agent;
 use spore_tests::qemu::{GuestExit, Qemu, QemuConfig, TcgTools, BOOT_TIMEOUT};
@@ -278,6 +278,16 @@ fn clone_fixup_sets_the_identity() {
         hostname: Some("clone-7".into()),
         sandbox_id: Some("sb-7".into()),
     };
+    // A fixup that cannot be applied whole is refused before anything changes.
+    let bad = CloneFixup {
+        hostname: Some("h".repeat(65)),
+        ..fixup.clone()
+    };
+    match g.client.fixup(&bad) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::BadRequest),
+        other => panic!("bad fixup accepted: {other:?}"),
+    }
+    assert_eq!(g.client.hello().unwrap().sandbox_id, None);
     g.client.fixup(&fixup).expect("fixup");
     let hello = g.client.hello().expect("hello after fixup");
     assert_eq!(hello.sandbox_id.as_deref(), Some("sb-7"));
