@@ -139,6 +139,21 @@ fn clones_continue_from_the_captured_counter_and_stay_isolated() {
         .map(|w| w.peek(COUNTER).unwrap())
         .collect();
     assert!(counts.iter().all(|&c| c > captured), "{counts:?}");
+    // A parked clone stops counting and goes on when resumed.
+    clones[2].park().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let parked = clones[2].peek(COUNTER).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(clones[2].peek(COUNTER).unwrap(), parked);
+    clones[2].resume().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while clones[2].peek(COUNTER).unwrap() == parked {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed clone does not count"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Killing clone 1's process leaves the others counting.
     clones[1].kill();
     for i in [0, 2] {

@@ -153,7 +153,7 @@ fn linux_template(
     );
     let dir = std::env::temp_dir().join(format!("spore-clone-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    eprintln!("booting the guest kernel to its spinning /init (about 100 s on kvm_pvm)...");
+    eprintln!("booting the guest kernel to its spinning /init (about a minute on kvm_pvm)...");
     let started = Instant::now();
     let guest = SpinningLinux {
         kernel: &kernel,
