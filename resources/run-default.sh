@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# spore's main job on the built-in default: boot the guest in a microVM and print
-# the agent's hello. On a host whose KVM cannot run a guest's user space
-# (kvm_pvm), say so and show how far the guest gets instead.
+# spore's main job on the built-in default: run `echo hello` in a busybox
+# container. With microVM isolation where the host's KVM can run a guest's user
+# space; on a host that cannot (kvm_pvm, see `spore doctor`), say so and run it
+# with the explicit `process` isolation instead (never silently).
 set -euo pipefail
 spore=${1:-target/release/spore}
 if "$spore" doctor --json | grep -q '"guest_user_space":true'; then
-    exec "$spore" vm run
+    "$spore" vm run
+    exec "$spore" run --rm busybox echo hello
 fi
 "$spore" doctor
 echo
-echo "This host cannot run microVM user space; booting the guest to init with every device attached:"
-exec "$spore" doctor --boot
+echo "+ $spore run --rm --isolation process busybox echo hello"
+exec "$spore" run --rm --isolation process busybox echo hello
