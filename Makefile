@@ -32,7 +32,7 @@ test-guest:
 guest: kernel initramfs rootfs
 
 spore:
-	$(CARGO) build --release -p spore-api
+	$(CARGO) build --release -p spore-api -p spore-agent
 
 # Build everything and run spore's main job on the built-in default.
 run: all
