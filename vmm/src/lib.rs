@@ -1,8 +1,9 @@
 //! spore's virtual machine monitor: one KVM microVM and its devices.
 //!
 //! Owns KVM handles, guest memory, kernel loading, the vCPU loop and the device
-//! model (serial, i8042, exit port, virtio-mmio: vsock, block, rng). Knows nothing
-//! of containers.
+//! model (serial, i8042, exit port, virtio-mmio: vsock, block, rng), and
+//! templates and copy-on-write clones (`clone`, `snapshot`). Knows nothing of
+//! containers.
 
 pub mod arch;
 pub mod builder;
@@ -10,6 +11,7 @@ pub mod bus;
 pub mod clone;
 pub mod config;
 pub mod devices;
+pub mod handle;
 pub mod host;
 pub mod layout;
 pub mod memory;

@@ -8,6 +8,7 @@
 //!
 //! Does not own the state formats (`snapshot`) or the device models (`devices`).
 
+mod child;
 pub mod kvm_state;
 pub mod restore;
 pub mod template;
