@@ -24,6 +24,15 @@ pub enum KvmStateError {
     FamList(#[source] vmm_sys_util::fam::Error),
     #[error("KVM restored {set} of {want} MSRs (first refused: {first:#x})")]
     MsrsPartial { set: usize, want: usize, first: u32 },
+    #[error(
+        "the template's TSC runs at {want} kHz, this host's at {have} kHz, and KVM cannot scale it"
+    )]
+    TscKhz {
+        want: u32,
+        have: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("this host's XSAVE area ({0} bytes) is larger than spore saves")]
     XsaveTooLarge(i32),
 }
@@ -109,6 +118,21 @@ pub fn capture_vcpu(vm: &VmFd, vcpu: &VcpuFd, msrs: &[u32]) -> Result<VcpuState,
 pub fn restore_cpuid(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), KvmStateError> {
     let cpuid = CpuId::from_entries(&state.cpuid).map_err(KvmStateError::FamList)?;
     vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))
+}
+
+/// Gives a fresh vCPU its template's TSC frequency when this host's differs, so
+/// the guest's calibrated TSC rate stays true (or refuses, if KVM cannot scale).
+/// Done before the order, like CPUID.
+pub fn restore_tsc_khz(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), KvmStateError> {
+    let Some(want) = state.tsc_khz else {
+        return Ok(());
+    };
+    let have = vcpu.get_tsc_khz().map_err(io("KVM_GET_TSC_KHZ"))?;
+    if have == want {
+        return Ok(());
+    }
+    vcpu.set_tsc_khz(want)
+        .map_err(|source| KvmStateError::TscKhz { want, have, source })
 }
 
 /// Writes everything but CPUID (`restore_cpuid` first) into a fresh vCPU, in the

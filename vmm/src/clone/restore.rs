@@ -96,13 +96,15 @@ impl PreparedClone {
         let ram = GuestRam::from_memfd_private(file, template.mem_size())?;
         vm::register_memory(&vm, ram.memory())?;
         let t2 = Instant::now();
-        // 3. The vCPUs, with CPUID (which must precede the rest of their state).
+        // 3. The vCPUs, with CPUID (which must precede the rest of their state)
+        //    and the template's TSC frequency.
         let mut vcpus = Vec::new();
         for (index, state) in template.state.vcpus.iter().enumerate() {
             let fd = vm
                 .create_vcpu(index as u64)
                 .map_err(|e| CloneError::Vcpu(index as u8, VcpuError::Create(index as u8, e)))?;
             kvm_state::restore_cpuid(&fd, state)?;
+            kvm_state::restore_tsc_khz(&fd, state)?;
             vcpus.push(fd);
         }
         let us = |a: Instant, b: Instant| (b - a).as_micros() as u64;
