@@ -130,6 +130,6 @@ mod tests {
             kind: KvmKind::Pvm,
         };
         let json = serde_json::to_string(&host).unwrap();
-        assert!(json.contains("\"kind\":\"pvm\""), "{json}");
+        assert!(json.contains("\"kind\":\"kvm_pvm\""), "{json}");
     }
 }
