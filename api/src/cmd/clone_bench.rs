@@ -17,6 +17,7 @@ use spore_vmm::devices::report::ReportPort;
 use spore_vmm::test_guests::{self, spinning_linux, SerialLog, SpinningLinux};
 use spore_vmm::HostKvm;
 
+use crate::boot::{BootOptions, Guest};
 use crate::cmd::bench::percentile;
 use crate::guest_image;
 
@@ -67,6 +68,8 @@ pub struct BenchCloneArgs {
 #[derive(Serialize)]
 struct CloneBench {
     template: &'static str,
+    /// Where the template was captured: "spinning-init", "agent-ready", "counter".
+    captured_at: &'static str,
     template_mib: u64,
     clones: usize,
     p50_us: u64,
@@ -138,11 +141,16 @@ fn tiny_template(mem_mib: u32) -> anyhow::Result<Template> {
     Ok(template)
 }
 
+/// The real guest kernel: booted to the agent's hello where the host runs guest
+/// user space (hardware KVM), to the spinning /init elsewhere (kvm_pvm).
 fn linux_template(
     mem_mib: u32,
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
 ) -> anyhow::Result<Template> {
+    if agent_ready_possible() {
+        return agent_template(mem_mib, kernel, initrd);
+    }
     let kernel = kernel.unwrap_or_else(guest_image::default_kernel);
     guest_image::check_kernel(&kernel)?;
     let initrd = initrd.unwrap_or_else(|| guest_image::guest_dir().join("spin-initramfs.cpio"));
@@ -180,6 +188,39 @@ fn wait_halted(w: &mut Worker) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn agent_ready_possible() -> bool {
+    HostKvm::detect().can_run_guest_user_space()
+}
+
+/// Boots the guest image (kernel + agent initramfs, the busybox rootfs as its
+/// disk) to the agent's hello and captures it.
+fn agent_template(
+    mem_mib: u32,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+) -> anyhow::Result<Template> {
+    let opts = BootOptions {
+        kernel: kernel.unwrap_or_else(guest_image::default_kernel),
+        initrd: initrd.unwrap_or_else(guest_image::default_initrd),
+        mem_mib,
+        vcpus: 1,
+        echo_console: false,
+        // A disk that outlives the boot's run directory: clones reopen it by path.
+        disk: Some(guest_image::default_rootfs()),
+    };
+    let guest = Guest::boot(&opts)?;
+    let mut agent = guest.wait_for_agent(BOOT_TIMEOUT)?;
+    let hello = agent.hello()?;
+    drop(agent);
+    eprintln!(
+        "agent ready after {} ms (kernel {})",
+        guest.ms(Instant::now()),
+        hello.kernel_release
+    );
+    let vm = guest.vm;
+    Ok(Template::capture(vm)?)
+}
+
 fn median(values: impl Iterator<Item = u64>) -> u64 {
     percentile(&values.collect::<Vec<_>>(), 50.0)
 }
@@ -192,9 +233,10 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
     };
     let linux = args.template == TemplateKind::Linux;
     // A Linux clone of the spinning-init template keeps a host core busy (its
-    // /init spins; on kvm_pvm its timer ticks are emulated too): park it.
-    let park = linux;
-    let pvm = !HostKvm::detect().can_run_guest_user_space();
+    // /init spins; on kvm_pvm its timer ticks are emulated too): park it. An
+    // agent-ready clone idles by itself.
+    let pvm = !agent_ready_possible();
+    let park = linux && (pvm || args.from.is_some());
     let dir = std::env::temp_dir().join(format!("spore-clone-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let options = WorkerOptions {
@@ -267,6 +309,11 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
     };
     let report = CloneBench {
         template: if linux { "linux" } else { "tiny" },
+        captured_at: match (linux, park) {
+            (false, _) => "counter",
+            (true, true) => "spinning-init",
+            (true, false) => "agent-ready",
+        },
         template_mib: template.mem_size() >> 20,
         clones: args.count,
         p50_us: percentile(&lat, 50.0),
@@ -307,8 +354,8 @@ pub fn run(args: BenchCloneArgs) -> anyhow::Result<i32> {
 fn print_report(r: &CloneBench) {
     let b = &r.breakdown_us;
     println!(
-        "template: {} ({} MiB, 1 vCPU), {} clones alive at once",
-        r.template, r.template_mib, r.clones
+        "template: {}, captured at {} ({} MiB, 1 vCPU), {} clones alive at once",
+        r.template, r.captured_at, r.template_mib, r.clones
     );
     println!(
         "clone latency (order → clone vCPU in the guest): p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
@@ -329,7 +376,10 @@ fn print_report(r: &CloneBench) {
             if r.kvm_pvm { " (on this kvm_pvm host its timer ticks are emulated too)" } else { "" }
         );
     } else {
-        println!("note: each clone ran until its guest halted itself (idle, not parked)");
+        println!(
+            "note: not parked: each clone idles by itself ({} template)",
+            r.captured_at
+        );
     }
     println!(
         "after the order (median µs): to worker {}, VM state {}, devices created {}, devices wired {}, vCPU state {}, threads {}, to first KVM_RUN {}",
