@@ -5,6 +5,7 @@
 //! - [`qemu`]: the real guest image (vmlinux + initramfs) under QEMU's software
 //!   emulation (TCG) with a vhost-user vsock backend — tier 4 of the test plan.
 //! - [`agent`]: a protocol client connected to the agent in a guest.
+//! - [`guest_exit`]: how the guest ended (power-off, panic) under QEMU.
 //! - [`vsock`]: the host side of a vsock connection through a unix socket
 //!   (`CONNECT <port>` handshake).
 //! - [`skip`]: [`skip_unless!`] for prerequisites, which fails instead of skipping
@@ -21,6 +22,7 @@
 
 pub mod agent;
 pub mod fixtures;
+pub mod guest_exit;
 pub mod host;
 pub mod image;
 pub mod paths;
