@@ -219,6 +219,27 @@ fn memory_limit_ends_in_oom() {
 #[test]
 fn pids_limit_contains_a_fork_bomb() {
     let mut g = guest_with_rootfs!();
+    // pids.max is what stops the forks: the same script passes without it.
+    let twenty = "for i in $(seq 20); do sleep 30 & done; echo all-started";
+    let free = g
+        .client
+        .run("free", &sh(twenty))
+        .expect("run without limit");
+    assert_eq!(free.stdout, b"all-started\n");
+    let mut limited = sh(twenty);
+    limited.limits.pids = Some(8);
+    let out = g
+        .client
+        .run("limited", &limited)
+        .expect("run with pids.max");
+    assert_ne!(out.exit.code, 0);
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fork"));
+
     let mut bomb = sh("b() { b | b & }; b; sleep 1000");
     bomb.limits.pids = Some(32);
     g.client.create("bomb", &bomb).expect("create bomb");
