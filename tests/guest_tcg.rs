@@ -289,20 +289,54 @@ fn ten_mib_of_stdout_arrives_complete() {
 #[test]
 fn delete_removes_a_running_container() {
     let mut g = guest_with_rootfs!();
-    g.client.create("d", &sh("sleep 1000")).expect("create");
+    // The container fills its writable layer (tmpfs) with 48 MiB, which shows in
+    // the guest's Shmem until the layer is unmounted and its processes are gone.
+    let base = shmem_kib(&mut g.client, "probe0");
+    let fill = "head -c 50331648 /dev/zero > /tmp/fill && sleep 1000";
+    g.client.create("d", &sh(fill)).expect("create");
     g.client.start("d").expect("start");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    while shmem_kib(&mut g.client, &format!("probe{}", n + 1)) < base + 40 * 1024 {
+        n += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the container never filled its /tmp"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let state = g.client.state("d").unwrap();
     assert_eq!(state.status, ContainerStatus::Running);
     assert!(state.pid > 1);
+
     g.client.delete("d").expect("delete");
     assert!(g.client.state("d").is_err(), "state of a deleted container");
-    assert!(g.client.list().unwrap().is_empty());
-    // Its cgroup, run dir and mounts are gone: the same id can be used again.
+    let after = shmem_kib(&mut g.client, "probe-after");
+    assert!(
+        after < base + 8 * 1024,
+        "Shmem {base} KiB before, {after} KiB after delete"
+    );
+    // Only the exited probes are left; the same id can be used again.
+    let live: Vec<String> = g.client.list().unwrap().into_iter().map(|c| c.id).collect();
+    assert!(!live.contains(&"d".to_string()), "{live:?}");
     let out = g
         .client
         .run("d", &sh("echo again"))
         .expect("re-create the same id");
     assert_eq!(out.stdout, b"again\n");
+}
+
+/// The guest's Shmem (tmpfs and shared memory) in KiB, read by a container named
+/// `id` (/proc/meminfo is not namespaced).
+fn shmem_kib(client: &mut Client, id: &str) -> u64 {
+    let out = client
+        .run(id, &sh("grep '^Shmem:' /proc/meminfo"))
+        .expect("meminfo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Shmem in {text:?}"))
 }
 
 #[test]
