@@ -48,6 +48,11 @@ enum Command {
     Logs(cmd::logs::LogsArgs),
     /// Delete sandboxes.
     Rm(cmd::rm::RmArgs),
+    /// Import, list, inspect and remove OCI images.
+    Image {
+        #[command(subcommand)]
+        command: cmd::image::ImageCommand,
+    },
     /// Manage the microVM templates sandboxes are cloned from.
     Template {
         #[command(subcommand)]
@@ -68,6 +73,7 @@ fn main() {
         Command::Exec(args) => cmd::exec::run(args),
         Command::Logs(args) => cmd::logs::run(args),
         Command::Rm(args) => cmd::rm::run(args),
+        Command::Image { command } => cmd::image::run(command),
         Command::Template { command } => cmd::template::run(command),
         Command::Serve(args) => cmd::serve::run(args),
     };

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{request, skip_unless_root, spec, Daemon};
+use common::{request, skip_unless_root, spec, test_images, Daemon};
 use serde_json::{json, Value};
 
 /// (method, path template, status) triples the document declares.
@@ -82,6 +82,9 @@ fn every_documented_route_and_status_is_served() {
     if skip_unless_root() {
         return;
     }
+    // A private image store (only this test of the binary imports images).
+    let images = common::temp_dir("openapi-images");
+    std::env::set_var("SPORE_IMAGE_DIR", &images);
     let d = Daemon::start("openapi");
     // Fixtures: one running and one exited sandbox.
     let (_, running) = d.json("POST", "/v1/sandboxes", Some(&spec(&["sleep", "300"])));
@@ -105,6 +108,21 @@ fn every_documented_route_and_status_is_served() {
         101,
     );
     upgrade.headers.push(("Upgrade", "spore-stream".into()));
+    // An imported image and a sandbox running on it.
+    let twolayer = test_images().join("twolayer-docker.tar");
+    let import = json!({ "source": twolayer }).to_string();
+    let (status, _) = d.json("POST", "/v1/images", Some(&import));
+    assert_eq!(status, 201);
+    let on_image = json!({"image":"spore-test/twolayer","argv":["sleep","300"],
+        "isolation":"process"});
+    let (_, on_image) = d.json("POST", "/v1/sandboxes", Some(&on_image.to_string()));
+    let on_image = on_image["id"]
+        .as_str()
+        .expect("sandbox on image")
+        .to_owned();
+    let no_source = json!({"source": "/nonexistent/image.tar"}).to_string();
+    let img = "/v1/images/{name}";
+    let twolayer = "/v1/images/spore-test/twolayer";
     let huge = "x".repeat(2 << 20);
     let vm = json!({"image":"busybox","argv":["true"],"isolation":"vm"}).to_string();
     let unknown_image = json!({"image":"nosuch","isolation":"process"}).to_string();
@@ -259,6 +277,21 @@ fn every_documented_route_and_status_is_served() {
         case("POST", "/v1/run", "/v1/run", Some(&unknown_image), 404),
         case("POST", "/v1/run", "/v1/run", Some(&huge), 413),
         case("POST", "/v1/run", "/v1/run", Some(&vm), 422),
+        case("GET", "/v1/images", "/v1/images", None, 200),
+        case("POST", "/v1/images", "/v1/images", Some(&import), 201),
+        case("POST", "/v1/images", "/v1/images", Some(&no_source), 400),
+        case("GET", img, twolayer, None, 200),
+        case("GET", img, "/v1/images/nosuch", None, 404),
+        case("DELETE", img, twolayer, None, 409),
+        case(
+            "DELETE",
+            sb,
+            &format!("/v1/sandboxes/{on_image}?force=1"),
+            None,
+            204,
+        ),
+        case("DELETE", img, twolayer, None, 200),
+        case("DELETE", img, twolayer, None, 404),
     ];
     let mut served = BTreeSet::new();
     for c in &cases {
@@ -278,6 +311,7 @@ fn every_documented_route_and_status_is_served() {
         }
         served.insert((c.method.to_owned(), c.template.to_owned(), c.status));
     }
+    let _ = std::fs::remove_dir_all(&images);
     let undocumented: Vec<_> = served.difference(&doc).collect();
     let untested: Vec<_> = doc.difference(&served).collect();
     assert!(

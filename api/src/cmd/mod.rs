@@ -6,6 +6,7 @@ pub mod bench_run;
 pub mod clone_bench;
 pub mod doctor;
 pub mod exec;
+pub mod image;
 pub mod logs;
 pub mod ps;
 pub mod rm;

@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// uid[:gid] or user[:group] inside the container.
     #[arg(short, long)]
     pub user: Option<String>,
+    /// Replace the image's entrypoint (and drop its default command); "" for none.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
     /// Memory limit, e.g. 256m.
     #[arg(short, long)]
     pub memory: Option<String>,
@@ -79,9 +82,9 @@ pub struct RunArgs {
     pub isolation: Option<Isolation>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
-    /// Image (`busybox` until OCI images land).
+    /// An imported image (`spore image ls`) or the built-in `busybox`.
     pub image: String,
-    /// Command and arguments.
+    /// Command and arguments (replace the image's default command).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -108,6 +111,7 @@ impl RunArgs {
         let optional = [
             ("cwd", self.workdir.as_ref().map(|w| json!(w))),
             ("user", self.user.as_ref().map(|u| json!(u))),
+            ("entrypoint", self.entrypoint.as_ref().map(|e| json!([e]))),
             ("timeout", self.timeout.map(|t| json!(t))),
             ("isolation", self.isolation.map(|i| json!(i))),
         ];

@@ -7,6 +7,9 @@ use spore_agent::protocol::messages::ErrorCode;
 
 use super::http::HttpError;
 use crate::backend::BackendError;
+use crate::image::registry::RegistryError;
+use crate::image::{ImportError, StoreError};
+use crate::supervisor::images::ImagesError;
 use crate::supervisor::SupervisorError;
 
 /// Everything a request can fail with.
@@ -56,6 +59,7 @@ impl ApiError {
                 S::Ambiguous(_) => (400, "ambiguous_id"),
                 S::Conflict(_) => (409, "conflict"),
                 S::Io { .. } => (500, "io"),
+                S::Images(i) => image_status(i),
                 S::Backend(b) => match b {
                     BackendError::VmUnavailable(_) => (422, "vm_unavailable"),
                     BackendError::NotYetAvailable(_) => (501, "not_yet_available"),
@@ -95,11 +99,34 @@ impl ApiError {
     }
 }
 
+/// Image operations: what the client sent is 4xx, the store and tools 5xx.
+fn image_status(e: &ImagesError) -> (u16, &'static str) {
+    use ImagesError as I;
+    match e {
+        I::Store(StoreError::NotFound(_)) => (404, "unknown_image"),
+        I::Store(StoreError::Ambiguous(_)) => (400, "ambiguous_image"),
+        I::Store(_) => (500, "image_store"),
+        I::Import(_, ImportError::Store(_) | ImportError::FsImage(_)) => (500, "image_store"),
+        I::Import(_, ImportError::Registry(RegistryError::Reference(_))) => {
+            (400, "invalid_reference")
+        }
+        I::Import(_, ImportError::Registry(_)) => (502, "registry"),
+        I::Import(..) => (400, "invalid_image"),
+        I::Config(_) => (400, "invalid_spec"),
+        I::InUse { .. } => (409, "image_in_use"),
+        I::NoSource(_) => (400, "invalid_source"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use spore_agent::protocol::messages::ErrorReply;
 
     use super::*;
+
+    fn image(e: ImagesError) -> ApiError {
+        SupervisorError::from(e).into()
+    }
 
     #[test]
     fn statuses() {
@@ -122,6 +149,22 @@ mod tests {
                 422,
             ),
             (ApiError::Unauthorized, 401),
+            (image(ImagesError::NoSource("/x".into())), 400),
+            (image(StoreError::NotFound("x".into()).into()), 404),
+            (
+                image(ImagesError::InUse {
+                    image: "x".into(),
+                    sandboxes: vec!["abc".into()],
+                }),
+                409,
+            ),
+            (
+                image(ImagesError::Import(
+                    "/x.tar".into(),
+                    ImportError::NotAFile("/x/blob".into()),
+                )),
+                400,
+            ),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().0, status, "{err:?}");

@@ -98,6 +98,18 @@ pub fn handle(sup: &Arc<Supervisor>, req: &Request) -> Result<Reply, ApiError> {
         ("POST", ["v1", "sandboxes", id, "exec"]) => exec(sup, id, req),
         ("POST", ["v1", "sandboxes", id, "attach"]) => attach(sup, id),
         ("POST", ["v1", "run"]) => run(sup, req),
+        ("GET", ["v1", "images"]) => Ok(Reply::Json(200, json!(sup.image_list()?))),
+        ("POST", ["v1", "images"]) => {
+            let body: ImportRequest = parse_json(req)?;
+            Ok(Reply::Json(201, json!(sup.image_import(&body.source)?)))
+        }
+        // Image names may hold '/' (`docker.io/library/busybox`): the rest of the path.
+        ("GET", ["v1", "images", name @ ..]) => {
+            Ok(Reply::Json(200, json!(sup.image_get(&name.join("/"))?)))
+        }
+        ("DELETE", ["v1", "images", name @ ..]) => {
+            Ok(Reply::Json(200, json!(sup.image_remove(&name.join("/"))?)))
+        }
         (_, path) if known_path(path) => Err(ApiError::MethodNotAllowed(
             req.method.clone(),
             req.path.clone(),
@@ -119,7 +131,16 @@ fn known_path(path: &[&str]) -> bool {
             | ["v1", "sandboxes", _]
             | ["v1", "sandboxes", _, "wait" | "logs" | "exec" | "attach"]
             | ["v1", "run"]
+            | ["v1", "images", ..]
     )
+}
+
+/// The body of `POST /v1/images`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    /// A path on the daemon's host or a registry reference.
+    source: String,
 }
 
 fn parse_json<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {

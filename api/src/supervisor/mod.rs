@@ -39,7 +39,10 @@ pub use sandbox::{Record, Sandbox, SandboxState};
 pub enum SupervisorError {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
-    #[error("unknown image {0:?}: the only image until OCI images land is \"busybox\"")]
+    #[error(
+        "unknown image {0:?}: import it first (`spore image import PATH|REF`); \
+         `spore image ls` lists imported images, \"busybox\" is built in"
+    )]
     UnknownImage(String),
     #[error("image {0:?} is not built")]
     ImageNotBuilt(String, #[source] std::io::Error),
@@ -53,6 +56,8 @@ pub enum SupervisorError {
     Conflict(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Images(#[from] images::ImagesError),
     #[error("cannot {what} {path}")]
     Io {
         what: &'static str,

@@ -31,7 +31,7 @@ impl Supervisor {
     ) -> Result<Arc<Sandbox>, SupervisorError> {
         let t0 = Instant::now();
         // 1. Validate the spec; resolve its image and template.
-        let plan = spec.validate(self.config.default_isolation, images::resolve)?;
+        let plan = spec.validate(self.config.default_isolation, images::resolve_for_run)?;
         templates::exists(&plan.template)?;
         // 2. Refuse what this host cannot do: vm isolation here (with the reason;
         //    clones land with issue 4), limits on a cgroup layout without them.

@@ -4,21 +4,27 @@
 //! Validation is pure: it resolves nothing on disk except through the given image
 //! resolver, so it is tested without a daemon.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 use spore_agent::protocol::spec::{ContainerSpec, ExecSpec, Limits, RootfsSpec};
 
+use super::images::{ImagesError, ResolvedImage};
 use super::SupervisorError;
 use crate::backend::Isolation;
+use crate::image::resolve_process;
+use crate::image::spec::ContainerConfig;
 
 /// The container spec of `POST /v1/sandboxes` and `POST /v1/run`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
-    /// Image name; `busybox` until OCI images land.
+    /// An imported image (tag, digest or digest prefix), or the built-in `busybox`.
     pub image: String,
-    /// Program and arguments; default `sh`.
+    /// Replaces the image's Entrypoint and drops its Cmd (docker's
+    /// `--entrypoint`); `[""]` means none.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Arguments replacing the image's Cmd; for the built-in busybox, the
+    /// program and arguments (default `sh`).
     #[serde(default)]
     pub argv: Vec<String>,
     /// `KEY=VALUE` strings.
@@ -160,10 +166,10 @@ impl LimitsSpec {
 impl SandboxSpec {
     /// Checks the spec and resolves its image; `default_isolation` applies when the
     /// spec names none. Template existence is checked by the caller.
-    pub fn validate(
+    pub fn validate<R: Into<ResolvedImage>>(
         &self,
         default_isolation: Isolation,
-        resolve_image: impl Fn(&str) -> Result<PathBuf, SupervisorError>,
+        resolve_image: impl Fn(&str) -> Result<R, SupervisorError>,
     ) -> Result<Plan, SupervisorError> {
         let bad = |m: &str| Err(SupervisorError::InvalidSpec(m.into()));
         if self.image.is_empty() {
@@ -196,12 +202,8 @@ impl SandboxSpec {
             );
         }
         let limits = self.limits.validate()?;
-        let lower = resolve_image(&self.image)?;
-        let argv = if self.argv.is_empty() {
-            vec!["sh".to_owned()]
-        } else {
-            self.argv.clone()
-        };
+        let image = resolve_image(&self.image)?.into();
+        let process = self.process(image.config.as_ref())?;
         Ok(Plan {
             image: self.image.clone(),
             isolation: self.isolation.unwrap_or(default_isolation),
@@ -210,12 +212,12 @@ impl SandboxSpec {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
             container: ContainerSpec {
-                argv,
-                env: with_default_path(&self.env),
-                cwd: self.cwd.clone(),
-                user: self.user.clone(),
+                argv: process.argv,
+                env: process.env,
+                cwd: process.cwd,
+                user: process.user,
                 hostname: self.hostname.clone(),
-                rootfs: RootfsSpec { lower },
+                rootfs: RootfsSpec { lower: image.lower },
                 limits,
                 tty: self.tty,
                 stdin: self.stdin.is_some() || self.interactive,
@@ -224,6 +226,52 @@ impl SandboxSpec {
             timeout_ms,
             stdin: self.stdin.clone(),
             interactive: self.interactive,
+        })
+    }
+}
+
+/// argv, env, cwd and user of a sandbox's process.
+struct Process {
+    argv: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+    user: Option<String>,
+}
+
+impl SandboxSpec {
+    /// With an image config: docker's rules (`resolve_process`). Without (the
+    /// built-in busybox): the request as given, `sh` by default.
+    fn process(&self, config: Option<&ContainerConfig>) -> Result<Process, SupervisorError> {
+        let Some(config) = config else {
+            let mut argv: Vec<String> = (self.entrypoint.iter().flatten())
+                .chain(&self.argv)
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect();
+            if argv.is_empty() {
+                argv.push("sh".to_owned());
+            }
+            return Ok(Process {
+                argv,
+                env: with_default_path(&self.env),
+                cwd: self.cwd.clone(),
+                user: self.user.clone(),
+            });
+        };
+        let p = resolve_process(
+            config,
+            self.entrypoint.clone(),
+            self.argv.clone(),
+            self.env.clone(),
+            self.cwd.clone(),
+            self.user.clone(),
+        )
+        .map_err(ImagesError::from)?;
+        Ok(Process {
+            argv: p.argv,
+            env: p.env,
+            cwd: Some(p.cwd),
+            user: p.user,
         })
     }
 }
@@ -260,6 +308,8 @@ fn with_default_path(env: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn resolve(name: &str) -> Result<PathBuf, SupervisorError> {
@@ -330,6 +380,43 @@ mod tests {
         let err = spec(r#"{"image":"alpine"}"#).validate(Isolation::Process, resolve);
         assert!(matches!(err, Err(SupervisorError::UnknownImage(_))));
         assert!(serde_json::from_str::<SandboxSpec>(r#"{"image":"b","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn image_config_gives_the_process_and_overrides_win() {
+        let image = |_: &str| -> Result<ResolvedImage, SupervisorError> {
+            Ok(ResolvedImage {
+                lower: PathBuf::from("/store/rootfs.erofs"),
+                config: Some(ContainerConfig {
+                    entrypoint: None,
+                    cmd: Some(vec!["/bin/sh".into(), "/app/hello.sh".into()]),
+                    env: Some(vec!["PATH=/bin".into(), "GREETING=hello".into()]),
+                    working_dir: Some("/app".into()),
+                    user: Some("1000:1000".into()),
+                }),
+            })
+        };
+        let plan = spec(r#"{"image":"twolayer"}"#)
+            .validate(Isolation::Process, image)
+            .unwrap();
+        let c = &plan.container;
+        assert_eq!(c.argv, ["/bin/sh", "/app/hello.sh"]);
+        assert_eq!(c.env, ["PATH=/bin", "GREETING=hello"]);
+        assert_eq!(c.cwd.as_deref(), Some("/app"));
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.rootfs.lower, PathBuf::from("/store/rootfs.erofs"));
+
+        let plan = spec(
+            r#"{"image":"twolayer","argv":["id"],"env":["GREETING=bye"],
+                "cwd":"/tmp","user":"0","entrypoint":["/bin/busybox"]}"#,
+        )
+        .validate(Isolation::Process, image)
+        .unwrap();
+        let c = &plan.container;
+        assert_eq!(c.argv, ["/bin/busybox", "id"]);
+        assert_eq!(c.env, ["PATH=/bin", "GREETING=bye"]);
+        assert_eq!(c.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(c.user.as_deref(), Some("0"));
     }
 
     #[test]

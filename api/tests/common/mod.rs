@@ -336,6 +336,25 @@ pub fn split_stream(mut bytes: &[u8]) -> (String, String, Option<Value>) {
     )
 }
 
+/// The OCI test images (resources/build-test-images.sh), built once per test
+/// binary under target/tmp.
+pub fn test_images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spore-test-images");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-test-images.sh");
+        let status = Command::new("sh")
+            .arg(&script)
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run build-test-images.sh");
+        assert!(status.success(), "{} failed", script.display());
+        out
+    })
+}
+
 /// A run spec for busybox under process isolation.
 pub fn spec(argv: &[&str]) -> String {
     serde_json::json!({"image": "busybox", "argv": argv, "isolation": "process"}).to_string()
