@@ -40,7 +40,7 @@ run: all
 
 # Build everything and run every test tier this host supports.
 test: all test-guest
-	$(CARGO) test --workspace --release -- --test-threads=2
+	$(CARGO) test --workspace --release --no-fail-fast -- --test-threads=2
 
 check:
 	$(CARGO) fmt --all -- --check

@@ -162,12 +162,17 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
 trait Conn: Read + Write + Send + Sized + 'static {
     fn split(&self) -> std::io::Result<Self>;
     fn shutdown_both(&self);
+    fn shutdown_write(&self);
     fn read_timeout(&self, t: Option<std::time::Duration>);
 }
 
 impl Conn for std::os::unix::net::UnixStream {
     fn split(&self) -> std::io::Result<Self> {
         self.try_clone()
+    }
+
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
     }
 
     fn read_timeout(&self, t: Option<std::time::Duration>) {
@@ -182,6 +187,10 @@ impl Conn for std::os::unix::net::UnixStream {
 impl Conn for std::net::TcpStream {
     fn split(&self) -> std::io::Result<Self> {
         self.try_clone()
+    }
+
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
     }
 
     fn read_timeout(&self, t: Option<std::time::Duration>) {
@@ -210,6 +219,7 @@ fn serve_conn<C: Conn>(sup: &Arc<Supervisor>, conn: C, token: Option<&str>) {
                 // The stream is out of sync: answer, then close.
                 let err = ApiError::from(e);
                 let _ = http::write_json(&mut writer, err.status().0, &err.body(), true);
+                linger_close(&writer, reader);
                 return;
             }
         };
@@ -238,6 +248,21 @@ fn serve_conn<C: Conn>(sup: &Arc<Supervisor>, conn: C, token: Option<&str>) {
             return;
         }
     }
+}
+
+/// How much of an unread request (e.g. a body over the limit) is read and
+/// discarded after the error reply, and for how long.
+const LINGER_BYTES: u64 = 16 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes a connection whose request was refused before it was read whole.
+/// Closing with unread bytes in the socket would make the kernel reset the
+/// connection, and the client could lose the error reply it has not read yet;
+/// so: end our side, then read and drop what the client still sends (bounded).
+fn linger_close<C: Conn>(writer: &C, reader: BufReader<C>) {
+    writer.shutdown_write();
+    writer.read_timeout(Some(LINGER_TIME));
+    let _ = std::io::copy(&mut reader.take(LINGER_BYTES), &mut std::io::sink());
 }
 
 /// TCP connections carry a bearer token; unix ones are guarded by the socket's mode.
