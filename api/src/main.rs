@@ -60,6 +60,10 @@ enum Command {
     },
     /// Run the daemon: the REST API on a unix socket (and optionally TCP).
     Serve(cmd::serve::ServeArgs),
+    /// The process holding one template and forking its clones (started by the
+    /// daemon).
+    #[command(hide = true)]
+    TemplateHost(backend::vm::HostArgs),
 }
 
 fn main() {
@@ -76,6 +80,7 @@ fn main() {
         Command::Image { command } => cmd::image::run(command),
         Command::Template { command } => cmd::template::run(command),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::TemplateHost(args) => Ok(backend::vm::host::serve(args)),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -131,7 +131,7 @@ fn every_documented_route_and_status_is_served() {
     let sb = "/v1/sandboxes/{id}";
     let mut big_header = case("POST", "/v1/sandboxes", "/v1/sandboxes", Some(&good), 431);
     big_header.headers.push(("X-Big", "y".repeat(20_000)));
-    let cases = vec![
+    let mut cases = vec![
         case("GET", "/v1/health", "/v1/health", None, 200),
         case("GET", "/metrics", "/metrics", None, 200),
         case("GET", "/v1/templates", "/v1/templates", None, 200),
@@ -140,8 +140,8 @@ fn every_documented_route_and_status_is_served() {
             "POST",
             "/v1/templates",
             "/v1/templates",
-            Some(r#"{"name":"t"}"#),
-            501,
+            Some(r#"{"name":"t","memory_mib":0}"#),
+            400,
         ),
         case(
             "GET",
@@ -169,7 +169,7 @@ fn every_documented_route_and_status_is_served() {
             "/v1/templates/{name}",
             "/v1/templates/default",
             None,
-            501,
+            204,
         ),
         case("GET", "/v1/sandboxes", "/v1/sandboxes", None, 200),
         case(
@@ -293,6 +293,22 @@ fn every_documented_route_and_status_is_served() {
         case("DELETE", img, twolayer, None, 200),
         case("DELETE", img, twolayer, None, 404),
     ];
+    // Creating a template boots a microVM: 201, then 409 for the same name, where
+    // this host runs them; 422 with the reason where it cannot. The statuses of
+    // the other kind of host are not served here.
+    let host = spore_vmm::HostKvm::detect();
+    let vm_runs = host.usable && host.can_run_guest_user_space();
+    let tpl = r#"{"name":"openapi"}"#;
+    let create = |status| case("POST", "/v1/templates", "/v1/templates", Some(tpl), status);
+    let (here, elsewhere) = match vm_runs {
+        true => (vec![201, 409], vec![422]),
+        false => (vec![422], vec![201, 409]),
+    };
+    cases.extend(here.into_iter().map(create));
+    let other_host: BTreeSet<(String, String, u16)> = elsewhere
+        .into_iter()
+        .map(|s| ("POST".to_owned(), "/v1/templates".to_owned(), s))
+        .collect();
     let mut served = BTreeSet::new();
     for c in &cases {
         let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -313,7 +329,10 @@ fn every_documented_route_and_status_is_served() {
     }
     let _ = std::fs::remove_dir_all(&images);
     let undocumented: Vec<_> = served.difference(&doc).collect();
-    let untested: Vec<_> = doc.difference(&served).collect();
+    let untested: Vec<_> = doc
+        .difference(&served)
+        .filter(|t| !other_host.contains(*t))
+        .collect();
     assert!(
         undocumented.is_empty(),
         "served but not in openapi.yaml: {undocumented:?}"

@@ -1,8 +1,7 @@
 //! Isolation backends: what actually runs a sandbox's container.
 //!
 //! - `vm` (the default, the point of spore): a clone of a template microVM. Refused
-//!   here with the host's reason where microVMs cannot run; elsewhere it waits for
-//!   templates and clones (issue 4). See [`vm`].
+//!   here with the host's reason where microVMs cannot run. See [`vm`].
 //! - `process`: spore's agent runs directly on the host, one agent process per
 //!   sandbox, and puts the container in fresh namespaces. See [`process`]; agents
 //!   are pre-started by [`pool`], and re-adopted agents watched by [`pidwatch`].
@@ -81,6 +80,8 @@ pub enum BackendError {
     Refused(ErrorReply),
     #[error("talking to the agent")]
     Agent(#[source] ClientError),
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,

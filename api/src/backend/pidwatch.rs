@@ -54,6 +54,18 @@ impl PidFd {
         }
     }
 
+    /// True once the process has exited (a pidfd polls readable from then on).
+    pub fn has_exited(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd for the duration of the call, the count
+        // is exactly one and a zero timeout never blocks.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+
     /// Sends `signal` to the process; harmless if it already exited.
     pub fn kill(&self, signal: i32) -> io::Result<()> {
         // SAFETY: the descriptor is a live pidfd we own; a null siginfo is allowed

@@ -68,8 +68,9 @@ pub fn handle(sup: &Arc<Supervisor>, req: &Request) -> Result<Reply, ApiError> {
         ("GET", ["metrics"] | ["v1", "metrics"]) => Ok(metrics(sup)),
         ("GET", ["v1", "templates"]) => Ok(Reply::Json(200, json!(templates::list()))),
         ("POST", ["v1", "templates"]) => {
-            let _: Value = parse_json(req)?;
-            Ok(Reply::Json(201, json!(templates::create()?)))
+            let body: templates::TemplateRequest = parse_json(req)?;
+            let created = templates::create(&sup.config.run_dir, &body)?;
+            Ok(Reply::Json(201, json!(created)))
         }
         ("GET", ["v1", "templates", name]) => Ok(Reply::Json(200, json!(templates::get(name)?))),
         ("DELETE", ["v1", "templates", name]) => {

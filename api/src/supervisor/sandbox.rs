@@ -12,12 +12,14 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use spore_agent::protocol::client::Client;
 use spore_agent::protocol::spec::{ExitInfo, ExitReason};
 
 use super::output::OutputLog;
 use super::spec::Plan;
 use crate::backend::process::AgentProcess;
-use crate::backend::Isolation;
+use crate::backend::vm::VmClone;
+use crate::backend::{BackendError, Isolation};
 
 /// The record's file name inside the sandbox directory.
 pub const RECORD_FILE: &str = "sandbox.json";
@@ -172,6 +174,8 @@ pub struct Sandbox {
     pub log: OutputLog,
     /// Its agent, once started (process isolation).
     pub agent: OnceLock<AgentProcess>,
+    /// Its clone, once ordered (vm isolation); its agent is the guest's.
+    pub vm: OnceLock<VmClone>,
 }
 
 impl Sandbox {
@@ -183,6 +187,19 @@ impl Sandbox {
             changed: Condvar::new(),
             log,
             agent: OnceLock::new(),
+            vm: OnceLock::new(),
+        }
+    }
+
+    /// A new control connection to the sandbox's agent (the host agent under
+    /// process isolation, the clone's guest agent under vm), after `hello`.
+    pub fn agent_client(&self) -> Result<Client, BackendError> {
+        if let Some(vm) = self.vm.get() {
+            return Ok(vm.client()?);
+        }
+        match self.agent.get() {
+            Some(agent) => agent.client(),
+            None => Err(BackendError::NotYetAvailable("a sandbox without an agent")),
         }
     }
 

@@ -42,12 +42,8 @@ impl Supervisor {
             )));
         }
         let started = (|| {
-            let agent = sb
-                .agent
-                .get()
-                .ok_or(BackendError::NotYetAvailable("attach without an agent"))?;
             // 2. Its stdio, then 3. its start.
-            let mut client = agent.client()?;
+            let mut client = sb.agent_client()?;
             let attach = client.attach(&sb.id, None).map_err(BackendError::from)?;
             client.start(&sb.id).map_err(BackendError::from)?;
             Ok::<Attach, SupervisorError>(attach)

@@ -1,19 +1,24 @@
 //! Creating a sandbox: validate → refuse what this host cannot do → directory and
-//! log → start the agent → create, attach and start the container → hand the
-//! output to a pump thread, the agent to a watcher, the deadline to a timer.
+//! log → start the agent (process isolation: a host agent from the pool; vm: a
+//! clone of the template, fixed up) → create, attach and start the container,
+//! the same steps for both ([`drive_container`]) → hand the output to a pump
+//! thread, the agent (or clone) to a watcher, the deadline to a timer.
 //!
-//! A sandbox that cannot be created leaves nothing behind: its agent is stopped,
-//! its cgroup and directory removed, and the error goes back to the caller.
+//! A sandbox that cannot be created leaves nothing behind: its agent is stopped
+//! (its clone killed), its cgroup and directory removed, and the error goes back
+//! to the caller.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spore_agent::protocol::client::Attach;
+use spore_agent::protocol::client::{Attach, Client};
 use spore_agent::protocol::messages::{AttachFrame, Stream};
+use spore_agent::protocol::spec::{ContainerSpec, RootfsSpec};
 
 use super::output::OutputLog;
 use super::sandbox::{now_ms, Record, Sandbox, SandboxState};
@@ -33,8 +38,8 @@ impl Supervisor {
         // 1. Validate the spec; resolve its image and template.
         let plan = spec.validate(self.config.default_isolation, images::resolve_for_run)?;
         templates::exists(&plan.template)?;
-        // 2. Refuse what this host cannot do: vm isolation here (with the reason;
-        //    clones land with issue 4), limits on a cgroup layout without them.
+        // 2. Refuse what this host cannot do: vm isolation where microVMs cannot
+        //    run (with the reason), limits on a cgroup layout without them.
         match plan.isolation {
             Isolation::Vm => vm::check()?,
             Isolation::Process => self
@@ -60,8 +65,12 @@ impl Supervisor {
         ));
         sb.update(|_| {});
         self.insert(sb.clone());
-        // 4. Start the agent and the container.
-        let attach = match start_process_sandbox(self, &sb) {
+        // 4. Start the agent (or clone) and the container.
+        let started = match sb.record().isolation {
+            Isolation::Process => start_process_sandbox(self, &sb),
+            Isolation::Vm => start_vm_sandbox(self, &sb),
+        };
+        let attach = match started {
             Ok(attach) => attach,
             Err(e) => {
                 self.discard(&sb);
@@ -82,7 +91,10 @@ impl Supervisor {
         //    interactive sandbox's output and deadline start with its attach).
         spawn_named("watch", {
             let (sup, sb) = (self.clone(), sb.clone());
-            move || watch_agent(&sup, &sb)
+            move || match sb.vm.get() {
+                Some(_) => watch_clone(&sup, &sb),
+                None => watch_agent(&sup, &sb),
+            }
         });
         if let Some(attach) = attach {
             spawn_named("pump", {
@@ -109,8 +121,7 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
         .spawn(f);
 }
 
-/// Steps 4a–4e: agent, hello, create, attach, start. An interactive sandbox stops
-/// after create: its attach and start come with the client (`sandbox_attach`).
+/// Steps 4a–4e under process isolation: agent, hello, then [`drive_container`].
 fn start_process_sandbox(
     sup: &Supervisor,
     sb: &Sandbox,
@@ -126,8 +137,72 @@ fn start_process_sandbox(
     });
     let mut client = agent.client()?;
     phase.mark("agent_start");
+    drive_container(sb, &mut client, &plan.container, phase)
+}
+
+/// Steps 4a–4e under vm isolation: the template (the default one is created on
+/// first use) → a clone with the sandbox's image in its disk slot, its agent
+/// reached and the clone fixup applied → [`drive_container`] with `/dev/vda` as
+/// the rootfs lower.
+fn start_vm_sandbox(sup: &Supervisor, sb: &Sandbox) -> Result<Option<Attach>, SupervisorError> {
+    let plan = sb.record().plan;
+    let mut phase = Phases::start();
+    let source = templates::source(&sup.config.run_dir, &plan.template)?;
+    phase.mark("template");
+    let image = vm_disk_image(&plan.image, &plan.container.rootfs.lower)?;
+    let (clone, mut client) = vm::clone::start_clone(source, &sb.id, &image, VM_AGENT_TIMEOUT)
+        .map_err(BackendError::from)?;
+    let (pid, latency) = (clone.pid(), clone.vm.latency);
+    sb.vm.get_or_init(|| clone);
+    sb.update(|r| r.agent_pid = Some(pid));
+    phase.mark("clone_fixup");
+    phase.done.insert(
+        "clone_order_to_running".into(),
+        latency.as_secs_f64() * 1000.0,
+    );
+    let container = ContainerSpec {
+        rootfs: RootfsSpec {
+            lower: PathBuf::from(VM_ROOTFS_DEVICE),
+        },
+        ..plan.container.clone()
+    };
+    drive_container(sb, &mut client, &container, phase)
+}
+
+/// The guest's device for the disk slot holding the sandbox's image.
+const VM_ROOTFS_DEVICE: &str = "/dev/vda";
+/// How long a fresh clone's agent may take to answer.
+const VM_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The erofs file to put in a clone's disk slot: an imported image's own erofs
+/// (its rootfs lower), else the built-in busybox image.
+fn vm_disk_image(image: &str, lower: &Path) -> Result<PathBuf, SupervisorError> {
+    let file = match lower.is_file() {
+        true => lower.to_owned(),
+        false => crate::guest_image::default_rootfs(),
+    };
+    if !file.is_file() {
+        let why = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is missing — run `make rootfs`", file.display()),
+        );
+        return Err(SupervisorError::ImageNotBuilt(image.into(), why));
+    }
+    Ok(file)
+}
+
+/// Steps 4c–4e for both backends: create the container, then (unless it is
+/// interactive: its attach and start come with the client, `sandbox_attach`)
+/// attach to its stdio, feed its stdin, start it.
+fn drive_container(
+    sb: &Sandbox,
+    client: &mut Client,
+    container: &ContainerSpec,
+    mut phase: Phases,
+) -> Result<Option<Attach>, SupervisorError> {
+    let plan = sb.record().plan;
     client
-        .create(&sb.id, &plan.container)
+        .create(&sb.id, container)
         .map_err(BackendError::from)?;
     phase.mark("container_create");
     if plan.interactive {
@@ -221,10 +296,8 @@ pub(super) fn pump(
     let exit = match broken {
         Some(why) => Err(why),
         None => sb
-            .agent
-            .get()
-            .ok_or_else(|| "no agent".to_owned())
-            .and_then(|a| a.client().map_err(|e| e.to_string()))
+            .agent_client()
+            .map_err(|e| e.to_string())
             .and_then(|mut c| c.wait(&sb.id, None).map_err(|e| e.to_string())),
     };
     match exit {
@@ -265,15 +338,43 @@ fn watch_agent(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>) {
     }
 }
 
-/// True if the sandbox's agent has ended (or does so within a second): a broken
-/// output stream is then the agent's death, which [`watch_agent`] reports.
-fn agent_died(sb: &Sandbox) -> bool {
-    let Some(agent) = sb.agent.get() else {
-        return false;
+/// Waits for the clone's VMM process to end. If that happens while the sandbox
+/// is not being deleted, the sandbox failed: record it and release the clone.
+fn watch_clone(sup: &Arc<Supervisor>, sb: &Arc<Sandbox>) {
+    let Some(clone) = sb.vm.get() else {
+        return;
     };
+    let how = clone.wait_exit();
+    if sb.state() == SandboxState::Deleting {
+        return;
+    }
+    clone.end();
+    sb.update(|r| {
+        r.set_failed(format!(
+            "its clone's VMM process (pid {}) ended: {how}",
+            clone.pid()
+        ))
+    });
+    sb.log.close();
+    if sb.record().auto_remove {
+        let _ = sup.delete(&sb.id, true);
+    }
+}
+
+/// True if the sandbox's agent (or clone) has ended, or does so within a
+/// second: a broken output stream is then its death, which the watcher reports.
+fn agent_died(sb: &Sandbox) -> bool {
+    let exited = || match (sb.agent.get(), sb.vm.get()) {
+        (Some(agent), _) => agent.exited(),
+        (None, Some(clone)) => clone.exited(),
+        (None, None) => false,
+    };
+    if sb.agent.get().is_none() && sb.vm.get().is_none() {
+        return false;
+    }
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(1) {
-        if agent.exited() {
+        if exited() {
             return true;
         }
         thread::sleep(Duration::from_millis(10));
@@ -300,9 +401,7 @@ fn enforce_timeout(sb: &Sandbox, limit: Duration) {
         return;
     }
     sb.update(|r| r.exit_reason = Some("timeout".into()));
-    if let Some(agent) = sb.agent.get() {
-        if let Ok(mut c) = agent.client() {
-            let _ = c.signal(&sb.id, libc::SIGKILL);
-        }
+    if let Ok(mut c) = sb.agent_client() {
+        let _ = c.signal(&sb.id, libc::SIGKILL);
     }
 }

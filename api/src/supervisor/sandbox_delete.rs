@@ -66,8 +66,13 @@ impl Supervisor {
     }
 }
 
-/// Steps 2–3: kill the container, end the agent, remove what is left.
+/// Steps 2–3: kill the container, end the agent (or kill the clone: its
+/// containers end with its VM), remove what is left.
 pub(super) fn teardown(sb: &Sandbox) {
+    if let Some(clone) = sb.vm.get() {
+        clone.end();
+        clone.wait_exit();
+    }
     if let Some(agent) = sb.agent.get() {
         if let Ok(mut c) = agent.client() {
             let _ = c.delete(&sb.id);

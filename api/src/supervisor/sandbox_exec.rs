@@ -28,18 +28,15 @@ impl Supervisor {
         let spec = req.validate()?;
         let sb = self.get(id)?;
         let state = sb.state();
-        let agent = match (state, sb.agent.get()) {
-            (SandboxState::Running, Some(agent)) => agent,
-            _ => {
-                return Err(SupervisorError::Conflict(format!(
-                    "sandbox {} is {}: exec needs a running sandbox",
-                    sb.id,
-                    state.name()
-                )))
-            }
-        };
+        if state != SandboxState::Running {
+            return Err(SupervisorError::Conflict(format!(
+                "sandbox {} is {}: exec needs a running sandbox",
+                sb.id,
+                state.name()
+            )));
+        }
         // 1. Start the process.
-        let mut client = agent.client()?;
+        let mut client = sb.agent_client()?;
         let pid = client.exec(&sb.id, &spec).map_err(BackendError::from)?;
         // 2. Attach to its stdio.
         let attach = client
