@@ -123,7 +123,18 @@ fn agent_answers_hello_and_shuts_down() {
     assert_eq!(hello.sandbox_id, None);
 
     // `shutdown` powers the guest off; the kernel reports it on the exit port.
-    client.shutdown().expect("shutdown");
+    // The agent powers off right after writing `done`, which can still be in the
+    // vsock queue then (the likely cause of one failure in ~13 runs): a lost reply (connection closed or
+    // read timeout) is tolerated, an error answer is not. The exit status decides.
+    client.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    match client.shutdown() {
+        Ok(()) => {}
+        Err(e @ (ClientError::Frame(_) | ClientError::Io(_))) => eprintln!(
+            "guest_tcg: shutdown reply lost as the guest powered off: {}",
+            spore_agent::error_chain(&e)
+        ),
+        Err(e) => panic!("shutdown: {}", spore_agent::error_chain(&e)),
+    }
     let exit = vm
         .wait_exit(Duration::from_secs(30))
         .expect("wait for QEMU");
