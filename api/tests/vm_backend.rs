@@ -226,3 +226,31 @@ fn a_vm_sandbox_whose_clone_dies_fails_and_is_cleaned_up() {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
 }
+
+#[test]
+fn the_template_process_reports_why_it_cannot_boot_on_its_protocol() {
+    // Runs on every host: the kernel is checked before any VM is created.
+    let dir = common::temp_dir("vm-host");
+    let o = Command::new(spore_bin())
+        .arg("template-host")
+        .arg("--dir")
+        .arg(dir.join("t"))
+        .args([
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "--initrd",
+            "/nonexistent/initrd",
+        ])
+        .args(["--memory-mib", "128", "--vcpus", "1"])
+        .output()
+        .expect("running spore template-host");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ERR "), "{out}");
+    assert!(last.contains("/nonexistent/vmlinux"), "{out}");
+    // The empty disk slot was made before the boot was tried.
+    let slot = std::fs::read_link(dir.join("t/slot")).unwrap();
+    assert_eq!(slot, Path::new("/dev/null"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -83,7 +83,8 @@ pub struct Record {
     pub exit_reason: Option<String>,
     /// Why the sandbox failed.
     pub error: Option<String>,
-    /// The host pid of the sandbox's agent (process isolation).
+    /// The host pid of the sandbox's agent (process isolation) or of its clone's
+    /// VMM process (vm isolation).
     pub agent_pid: Option<u32>,
     /// The agent's directory (socket, log, pid file).
     #[serde(default)]

@@ -86,7 +86,11 @@ impl Supervisor {
             r.started_at_ms = attach.as_ref().map(|_| now_ms());
             r.create_ms = Some(elapsed.as_secs_f64() * 1000.0);
         });
-        self.metrics.observe_create(&isolation, elapsed);
+        // A default template built on this sandbox's request is not clone time.
+        let template_ms = sb.record().create_phases_ms.get("template").copied();
+        let booted = Duration::from_secs_f64(template_ms.unwrap_or(0.0) / 1000.0);
+        self.metrics
+            .observe_create(&isolation, elapsed.saturating_sub(booted));
         // 5. Output, agent death and the deadline each get a thread (an
         //    interactive sandbox's output and deadline start with its attach).
         spawn_named("watch", {

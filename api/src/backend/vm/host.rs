@@ -276,6 +276,21 @@ impl TemplateHost {
     pub fn start(
         spec: &TemplateSpec,
         dir: &Path,
+        progress: impl FnMut(&str),
+    ) -> Result<TemplateHost, VmError> {
+        let exe = std::env::current_exe().map_err(|source| VmError::Io {
+            what: "find",
+            path: PathBuf::from("spore"),
+            source,
+        })?;
+        TemplateHost::start_program(&exe, spec, dir, progress)
+    }
+
+    /// [`TemplateHost::start`] with `program` as the `spore` binary.
+    fn start_program(
+        exe: &Path,
+        spec: &TemplateSpec,
+        dir: &Path,
         mut progress: impl FnMut(&str),
     ) -> Result<TemplateHost, VmError> {
         // 1. Its directory and log.
@@ -289,8 +304,7 @@ impl TemplateHost {
         let log = dir.join("template.log");
         let log_file = File::create(&log).map_err(io("create", &log))?;
         // 2. The process: this binary, `template-host`.
-        let exe = std::env::current_exe().map_err(io("find", Path::new("spore")))?;
-        let mut child = Command::new(&exe)
+        let mut child = Command::new(exe)
             .arg("template-host")
             .arg("--dir")
             .arg(dir)
@@ -418,52 +432,5 @@ impl Drop for TemplateHost {
 }
 
 #[cfg(test)]
-mod tests {
-    use spore_vmm::devices::virtio::block::Disk;
-
-    use super::*;
-
-    #[test]
-    fn replies_parse_and_errors_carry_the_message() {
-        assert_eq!(
-            parse_cloned("CLONED 42 1500 /run/t/clone-42.vsock"),
-            Some((42, 1500, PathBuf::from("/run/t/clone-42.vsock")))
-        );
-        assert_eq!(parse_cloned("CLONED 42 1500 -"), None);
-        assert_eq!(parse_cloned("CLONED x 1 /p"), None);
-        let mut r = BufReader::new(&b"ERR no clone worker: fork failed\n"[..]);
-        match read_reply(&mut r, || VmError::HostProtocol("gone".into())) {
-            Err(VmError::HostFailed(m)) => assert_eq!(m, "no clone worker: fork failed"),
-            other => panic!("{other:?}"),
-        }
-        let mut r = BufReader::new(&b""[..]);
-        assert!(matches!(
-            read_reply(&mut r, || VmError::HostProtocol("gone".into())),
-            Err(VmError::HostProtocol(_))
-        ));
-    }
-
-    #[test]
-    fn the_slot_points_where_told_and_back() {
-        let dir = std::env::temp_dir().join(format!("spore-slot-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let slot = dir.join("slot");
-        let image = dir.join("image.erofs");
-        fs::write(&image, vec![7u8; 4096]).unwrap();
-        point_slot(&slot, Path::new(EMPTY_SLOT)).unwrap();
-        assert_eq!(fs::metadata(&slot).unwrap().len(), 0);
-        point_slot(&slot, &image).unwrap();
-        assert_eq!(fs::read_link(&slot).unwrap(), image);
-        assert_eq!(fs::metadata(&slot).unwrap().len(), 4096);
-        // What a clone's restore does with the captured block state: reopen the
-        // *slot* by path. It sees the image's capacity (so it announces a config
-        // change to the guest) and keeps the slot's path, so the next clone's
-        // restore reopens the slot again rather than this image.
-        let disk = Disk::open(&slot, true).unwrap();
-        assert_eq!(disk.sectors(), 8);
-        assert_eq!(disk.path(), slot);
-        point_slot(&slot, Path::new(EMPTY_SLOT)).unwrap();
-        assert_eq!(fs::read_link(&slot).unwrap(), Path::new(EMPTY_SLOT));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+#[path = "host_tests.rs"]
+mod tests;
