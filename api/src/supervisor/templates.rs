@@ -233,6 +233,20 @@ pub fn source(run_dir: &Path, name: &str) -> Result<Arc<TemplateHost>, Superviso
     }
     drop(info);
     match entry.host.get() {
+        Some(Ok(host)) if !host.alive() => {
+            // Its process died (its clones with it): forget it; the default one
+            // is built again.
+            eprintln!("spore: template {name}: its process {} ended", host.pid());
+            let mut table = table();
+            if table.get(name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                table.remove(name);
+            }
+            drop(table);
+            match name == DEFAULT_TEMPLATE {
+                true => source(run_dir, name),
+                false => Err(SupervisorError::UnknownTemplate(name.into())),
+            }
+        }
         Some(Ok(host)) => Ok(host.clone()),
         Some(Err(why)) => {
             Err(BackendError::from(VmError::TemplateFailed(name.into(), why.clone())).into())

@@ -359,6 +359,12 @@ impl TemplateHost {
         self.pid
     }
 
+    /// False once the template process has ended (then it can clone no more).
+    pub fn alive(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(child.try_wait(), Ok(None))
+    }
+
     /// One line from the process; `ERR` lines and its end become errors.
     fn read_line(&self) -> Result<String, VmError> {
         let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());

@@ -107,6 +107,7 @@ done"#,
     assert!(Path::new(&format!("/proc/{}", vm.pid)).exists());
     host.release(vm.pid);
     assert!(!Path::new(&format!("/proc/{}", vm.pid)).exists());
+    assert!(host.alive());
     // Dropping the handle ends the template process.
     let pid = host.pid();
     drop(host);
@@ -134,5 +135,19 @@ fn a_template_process_that_fails_or_dies_is_an_error_with_the_reason() {
         }
         other => panic!("{other:?}"),
     }
+    // A template process that dies after it was ready: no longer alive, and an
+    // order says it is gone.
+    let short = fake_host(&root.join("c"), "echo 'READY 4096'\nexit 0");
+    let host = TemplateHost::start_program(&short, &spec(), &root.join("c/t"), |_| {}).unwrap();
+    let start = std::time::Instant::now();
+    while host.alive() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!host.alive());
+    let err = host.order(Path::new("/i.erofs")).unwrap_err();
+    assert!(
+        matches!(err, VmError::HostGone(..) | VmError::HostIo(_)),
+        "{err:?}"
+    );
     fs::remove_dir_all(&root).unwrap();
 }
