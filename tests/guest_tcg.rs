@@ -370,10 +370,15 @@ fn clone_fixup_sets_the_identity() {
         Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::BadRequest),
         other => panic!("bad fixup accepted: {other:?}"),
     }
-    assert_eq!(g.client.hello().unwrap().sandbox_id, None);
+    let before = g.client.hello().unwrap();
+    assert_eq!(before.sandbox_id, None);
+    assert_ne!(before.hostname, "clone-7");
+    // The fixup fails as a whole if RNDADDENTROPY or RNDRESEEDCRNG fails, so
+    // its success is the reseed.
     g.client.fixup(&fixup).expect("fixup");
     let hello = g.client.hello().expect("hello after fixup");
     assert_eq!(hello.sandbox_id.as_deref(), Some("sb-7"));
+    assert_eq!(hello.hostname, "clone-7");
     let out = g.client.run("t", &sh("date -u +%Y")).expect("run");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2030");
 }

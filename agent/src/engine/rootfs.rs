@@ -199,6 +199,7 @@ fn lower_dir(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
     let (device, _loop_dev) = if kind.is_dir() {
         return Ok(lower.to_owned());
     } else if kind.is_block_device() {
+        wait_for_media(lower);
         (lower.to_owned(), None)
     } else if kind.is_file() {
         let image = File::open(lower).map_err(|e| RootfsError::Loop(lower.to_owned(), e))?;
@@ -222,6 +223,25 @@ fn lower_dir(run_dir: &Path, lower: &Path) -> Result<PathBuf, RootfsError> {
         format!("{} (erofs or ext4)", lower.display()),
         &target,
     )(err))
+}
+
+/// How long a block device lower may take to show its media.
+const MEDIA_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A cloned VM gets its image put into an empty disk slot just before it
+/// resumes; the guest learns the new capacity from a config-change interrupt
+/// that may still be in flight. Wait (bounded) until the device has a size; the
+/// mount that follows reports the error if it never does.
+fn wait_for_media(device: &Path) {
+    let deadline = std::time::Instant::now() + MEDIA_WAIT;
+    let size = || {
+        File::open(device)
+            .and_then(|mut f| io::Seek::seek(&mut f, io::SeekFrom::End(0)))
+            .unwrap_or(0)
+    };
+    while size() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Mount /proc, /dev (with its devices and links), /sys and friends under `root`.

@@ -138,6 +138,9 @@ pub struct HelloInfo {
     pub agent_version: String,
     /// `uname -r` of the kernel the agent runs on.
     pub kernel_release: String,
+    /// The machine's hostname (`uname -n`), as the last clone fixup set it.
+    #[serde(default)]
+    pub hostname: String,
     /// Time since boot (CLOCK_BOOTTIME), milliseconds.
     pub uptime_ms: u64,
     /// True in a guest, where the agent is PID 1.

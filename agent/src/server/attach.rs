@@ -61,7 +61,11 @@ fn copy_output(which: Stream, mut src: File, out: &Mutex<UnixStream>) -> bool {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // A pty master reads EIO once the last slave descriptor is closed.
-            Err(_) => 0,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
+            Err(e) => {
+                eprintln!("spore-agent: reading {which:?} failed, ending the stream: {e}");
+                0
+            }
         };
         let frame = if n == 0 {
             AttachFrame::Eof(which)

@@ -52,6 +52,11 @@ pub(crate) fn serve(shared: &Shared, mut stream: UnixStream) {
             }
             Ok(Action::Shutdown) => {
                 let _ = send(&mut stream, &Response::ok(id, Reply::Done));
+                // Power-off must not overtake the reply: end our side, then give
+                // the host a moment to read it and hang up.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = stream.set_read_timeout(Some(SHUTDOWN_LINGER));
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
                 drop(stream);
                 fixup::shutdown(shared);
             }
@@ -62,6 +67,9 @@ pub(crate) fn serve(shared: &Shared, mut stream: UnixStream) {
         }
     }
 }
+
+/// How long a shutdown waits for the host to read its reply and close.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn send(stream: &mut UnixStream, response: &Response) -> Result<(), FrameError> {
     frame::write_frame(stream, &response.to_bytes())

@@ -141,6 +141,7 @@ fn hello(shared: &Shared, version: u32) -> Result<Reply, ErrorReply> {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         kernel_release: super::os::kernel_release(),
+        hostname: super::os::hostname(),
         uptime_ms: super::os::boottime_ms(),
         pid1: shared.pid1,
         sandbox_id: lock(&shared.sandbox_id).clone(),

@@ -286,14 +286,22 @@ pub fn power_off() -> OsError {
 
 /// `uname -r`.
 pub fn kernel_release() -> String {
+    uname_field(|u| &u.release)
+}
+
+/// The hostname of the agent's UTS namespace (`uname -n`).
+pub fn hostname() -> String {
+    uname_field(|u| &u.nodename)
+}
+
+fn uname_field(field: impl Fn(&libc::utsname) -> &[libc::c_char]) -> String {
     // SAFETY: utsname is plain data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: u is a valid utsname to write into.
     if unsafe { libc::uname(&mut u) } != 0 {
         return String::new();
     }
-    let bytes: Vec<u8> = u
-        .release
+    let bytes: Vec<u8> = field(&u)
         .iter()
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
