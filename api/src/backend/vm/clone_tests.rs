@@ -110,6 +110,7 @@ fn serve(mut conn: UnixStream, fixups: &Mutex<Vec<CloneFixup>>, agent: Agent) {
                 protocol_version: PROTOCOL_VERSION,
                 agent_version: "fake".into(),
                 kernel_release: "fake".into(),
+                hostname: "fake".into(),
                 uptime_ms: 1,
                 pid1: true,
                 sandbox_id: None,
