@@ -3,8 +3,6 @@
 //! what it leaves behind. Skips, with a message, when not root.
 //! Harness: `engine_harness`.
 
-use std::time::Instant;
-
 mod engine_harness;
 
 use std::path::Path;
@@ -256,35 +254,4 @@ fn without_cgroup_v2_delete_kills_through_the_pid_namespace() {
         assert!(libc::WIFSIGNALED(status), "{p}: {status:#x}");
     }
     drop((io, exec_io));
-}
-
-/// `cargo test -p spore-agent --test engine_lifecycle -- --ignored --nocapture` prints
-/// the median time of create + start + exit of `true`.
-#[test]
-#[ignore]
-fn time_of_a_container_start() {
-    let Some(mut h) = Harness::new("timing") else {
-        return;
-    };
-    let spec = h.spec(&["true"]);
-    let mut times: Vec<f64> = (0..20)
-        .map(|i| {
-            let id = format!("t{i}");
-            let t = Instant::now();
-            let io = h.engine.create(&id, &spec).unwrap();
-            h.engine.start(&id).unwrap();
-            let pid = h.engine.state(&id).unwrap().pid;
-            drop(io);
-            h.reap(pid);
-            let elapsed = t.elapsed().as_secs_f64() * 1000.0;
-            h.engine.delete(&id).unwrap();
-            elapsed
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    eprintln!(
-        "create+start+exit of `true`: median {:.2} ms (min {:.2}, max {:.2})",
-        times[10], times[0], times[19]
-    );
-    assert!(times[10] > 0.0);
 }
