@@ -30,6 +30,8 @@ pub mod safepath;
 pub mod spec;
 pub mod store;
 pub mod sys;
+#[cfg(test)]
+mod test_util;
 pub mod unpack;
 pub mod whiteout;
 
